@@ -1,0 +1,617 @@
+"""Colorize black-and-white photos with a conditional GAN in Lab space.
+
+    python colorize_base.py --train [--data DIR] [--steps N] ...   train (resumes in RUN_DIR)
+    python colorize_base.py --infer img.jpg folder/ "scans/*.tif"   colorize into OUT_DIR
+
+Every constant below can be overridden by name on the command line:
+IMAGE_SIZE -> --image-size 128 (short forms: --size, --data, --steps).
+"""
+import argparse
+import copy
+import csv
+import os
+import pickle
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from data import (BadImageError, ColorizationDataset, find_images, lab_to_net, lab_to_rgb, load_image,
+                  net_to_lab, resize_long_side, rgb_to_lab, scan_images, to_net_input)
+from losses import VGGLoss, feature_matching_loss, gan_loss, l1_loss
+from models import build_discriminator, build_generator
+
+# -----------------------------------------------------------------------------
+# Constants (relative paths are relative to this file; command-line paths to the current folder)
+DATA_DIR = "../shared/datasets/bsds500/train,../shared/datasets/bsds500/val"  # comma-separated folders, files or globs of colour photos
+VAL_DIR = "../shared/datasets/bsds500/test"  # held-out photos for the sample grids; "" holds out NUM_SAMPLES from DATA_DIR
+RUN_DIR = "runs/default"            # checkpoint.pt, log.csv and samples/ of a training run
+WEIGHTS = "weights/colorizer_bsds500.pt"  # generator used by --infer: an exported model or a run's checkpoint.pt
+OUT_DIR = "results/colorized"       # where --infer writes <stem>.png
+IMAGE_SIZE = 128                    # 128 or 256; training crop, pixels (a multiple of 2**N_DOWNS)
+BATCH_SIZE = 16                     # images per step
+EPOCHS = 200                        # passes over the training set
+MAX_STEPS = 0                       # stop after this many generator steps; 0 = no limit
+LR_G = 1e-4                         # generator Adam learning rate (TTUR, SAGAN)
+LR_D = 4e-4                         # discriminator Adam learning rate (TTUR, SAGAN)
+BETA1 = 0.0                         # Adam beta1 for both networks (SAGAN)
+BETA2 = 0.9                         # Adam beta2 for both networks (SAGAN)
+GAN_MODE = "hinge"                  # hinge, lsgan or vanilla
+LAMBDA_L1 = 100.0                   # weight of the L1 loss on ab (pix2pix)
+LAMBDA_FM = 10.0                    # weight of the feature-matching loss (pix2pixHD)
+LAMBDA_VGG = 0.0                    # weight of the VGG19 perceptual loss; 0 = off (pix2pixHD uses 10)
+VGG_WEIGHTS = ""                    # path to torchvision's vgg19-dcbb9e9d.pth, needed when LAMBDA_VGG > 0
+NGF = 32                            # generator width of the first layer, channels
+N_DOWNS = 6                         # generator depth: 64x down, so inputs are padded to multiples of 64
+ATTN_FACTORS = (8,)                 # self-attention after the decoder level at input/f, for each f (8: 32x32 of a 256 input)
+SPECTRAL_NORM = True                # spectral norm on G and D convolutions (SAGAN)
+DROPOUT = 0.0                       # dropout in the three innermost decoder blocks, 0..1 (pix2pix uses 0.5)
+NDF = 64                            # discriminator width of the first layer, channels
+N_LAYERS_D = 3                      # strided layers per PatchGAN (3: 70x70 patches)
+NUM_D = 3                           # discriminators, one per image scale (pix2pixHD)
+EMA_DECAY = 0.999                   # generator exponential moving average, per step
+SAVE_EVERY = 500                    # checkpoint interval, generator steps
+SAMPLE_EVERY = 500                  # sample grid interval, generator steps
+LOG_EVERY = 25                      # CSV log interval, generator steps
+NUM_SAMPLES = 8                     # held-out images in each sample grid
+MAX_BAD_STEPS = 20                  # stop after this many consecutive steps with a non-finite loss or gradient
+RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
+MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
+NUM_WORKERS = 2                     # data-loading processes; 0 loads in the main process
+AMP = "bf16"                        # CUDA mixed precision: bf16, fp16 or off (CPU always runs float32)
+SEED = 0                            # random seed
+DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or cuda:N
+# -----------------------------------------------------------------------------
+CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
+HERE = os.path.dirname(os.path.abspath(__file__))
+ARCH_KEYS = ("NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT", "NDF", "N_LAYERS_D", "NUM_D")
+PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "OUT_DIR", "VGG_WEIGHTS")
+ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
+FORMAT_VERSION = 1
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; printed as one line, without a traceback."""
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+def _parse_bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_ints(text):
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(allow_abbrev=False, description="Colorize black-and-white photos with a conditional GAN.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any constant at the top of colorize_base.py can be set by name, "
+                                       "e.g. --lambda-l1 50 --ngf 64 --attn-factors 8,16.")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="train (resumes from RUN_DIR/checkpoint.pt)")
+    mode.add_argument("--infer", nargs="+", metavar="PATH", help="colorize files, folders or globs")
+    mode.add_argument("--export", metavar="FILE", help="write the EMA generator of --weights as a small float16 file")
+    p.add_argument("--fresh", action="store_true", help="with --train: start over, ignoring a checkpoint in RUN_DIR")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    for name, default in CONSTANTS.items():
+        flags = ["--" + name.lower().replace("_", "-")] + ALIASES.get(name, [])
+        if isinstance(default, bool):
+            kind = _parse_bool
+        elif isinstance(default, tuple):
+            kind = _parse_ints
+        else:
+            kind = type(default)
+        p.add_argument(*flags, dest=name, type=kind, default=None, metavar=type(default).__name__.upper(),
+                       help=f"default: {default!r}")
+    return p
+
+
+def make_config(args):
+    """Constants overridden by the command line, with paths made absolute."""
+    cfg = dict(CONSTANTS)
+    for name in CONSTANTS:
+        value = getattr(args, name)
+        if value is not None:
+            cfg[name] = value
+            if name in PATH_KEYS and value:  # typed by the user: relative to the current folder
+                cfg[name] = ",".join(os.path.abspath(v) for v in value.split(",")) if name == "DATA_DIR" \
+                    else os.path.abspath(value)
+        elif name in PATH_KEYS and cfg[name]:
+            cfg[name] = ",".join(os.path.normpath(os.path.join(HERE, v)) for v in cfg[name].split(","))
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg):
+    m = 2 ** cfg["N_DOWNS"]
+    if cfg["IMAGE_SIZE"] % m or cfg["IMAGE_SIZE"] <= 0:
+        raise UserError(f"--image-size must be a positive multiple of 2**N_DOWNS = {m}, got {cfg['IMAGE_SIZE']} "
+                        f"(or lower --n-downs)")
+    for name in ("BATCH_SIZE", "EPOCHS", "NGF", "NDF", "NUM_D", "N_LAYERS_D", "RENDER_SIZE", "SAVE_EVERY",
+                 "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS"):
+        if cfg[name] <= 0:
+            raise UserError(f"--{name.lower().replace('_', '-')} must be positive, got {cfg[name]}")
+    if cfg["GAN_MODE"] not in ("hinge", "lsgan", "vanilla"):
+        raise UserError(f"--gan-mode must be hinge, lsgan or vanilla, got {cfg['GAN_MODE']!r}")
+    if cfg["AMP"] not in ("bf16", "fp16", "off"):
+        raise UserError(f"--amp must be bf16, fp16 or off, got {cfg['AMP']!r}")
+    if not 0 <= cfg["EMA_DECAY"] < 1:
+        raise UserError(f"--ema-decay must be in [0, 1), got {cfg['EMA_DECAY']}")
+    if not 0 <= cfg["DROPOUT"] < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg['DROPOUT']}")
+
+
+def pick_device(cfg):
+    name = cfg["DEVICE"]
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def autocast_for(device, cfg):
+    """Mixed precision on CUDA (the dtype AMP names), plain float32 elsewhere."""
+    if device.type != "cuda" or cfg["AMP"] == "off":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(obj, path):
+    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed over
+    the old one, so a crash at any moment leaves the previous complete checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path):
+    """Read a checkpoint or exported model without running code from it (weights_only=True)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable checkpoint (truncated or not made by this tool): {first}") from None
+    if not isinstance(ckpt, dict) or "cfg" not in ckpt or "netG_ema" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint of this tool (no 'cfg' / 'netG_ema' entries)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this code "
+                        f"({FORMAT_VERSION}); update the code")
+    return ckpt
+
+
+def load_generator(path, device):
+    """The EMA generator stored in a checkpoint, rebuilt from the constants saved with it, in eval mode."""
+    ckpt = load_checkpoint(path)
+    cfg = {**CONSTANTS, **ckpt["cfg"]}
+    netG = build_generator(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}
+    try:
+        netG.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit the network its constants describe "
+                        f"(incompatible configuration): {str(e).splitlines()[0]}") from None
+    return netG.to(device).eval().requires_grad_(False), cfg
+
+
+def export(cfg):
+    """Keep only the EMA generator and the constants, in float16: the file we ship."""
+    ckpt = load_checkpoint(cfg["WEIGHTS"])
+    small = {"format_version": FORMAT_VERSION, "cfg": ckpt["cfg"], "step": ckpt.get("step", 0),
+             "netG_ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}}
+    out = os.path.abspath(cfg["EXPORT"])
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    save_checkpoint(small, out)
+    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, step {small['step']})")
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+@torch.no_grad()
+def update_ema(netG_ema, netG, decay):
+    """EMA of the parameters; buffers (batch-norm statistics, spectral-norm vectors) are copied."""
+    torch._foreach_lerp_(list(netG_ema.parameters()), list(netG.parameters()), 1 - decay)
+    for b_ema, b in zip(netG_ema.buffers(), netG.buffers()):
+        b_ema.copy_(b)
+
+
+class EpochSampler:
+    """Indices epoch after epoch, each epoch a permutation seeded by (seed, epoch) and cut to whole
+    batches, so a resumed run can start at any (epoch, batch) without replaying the data."""
+
+    def __init__(self, n, batch_size, seed, epoch=0, batch=0):
+        self.n, self.batch_size, self.seed, self.epoch, self.batch = n, batch_size, seed, epoch, batch
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.batch * self.batch_size
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            perm = torch.randperm(self.n, generator=g)[: self.n // self.batch_size * self.batch_size]
+            yield from perm[start:].tolist()
+            epoch, start = epoch + 1, 0
+
+
+def split_files(cfg, log):
+    """Colour photos to train on, and the fixed held-out ones for the sample grids."""
+    train_files, n_bad, n_gray = scan_images(cfg["DATA_DIR"].split(","), cfg["MAX_PIXELS"], log)
+    log(f"data: {len(train_files)} colour images, {n_gray} grayscale left out, {n_bad} unreadable skipped")
+    if cfg["VAL_DIR"] and os.path.exists(cfg["VAL_DIR"]):
+        val_files, _, _ = scan_images([cfg["VAL_DIR"]], cfg["MAX_PIXELS"], log)
+    else:  # hold out an evenly spaced few
+        stride = max(2, len(train_files) // cfg["NUM_SAMPLES"])
+        val_files = train_files[::stride][: cfg["NUM_SAMPLES"]]
+        train_files = [f for f in train_files if f not in set(val_files)]
+    if not train_files:
+        raise UserError(f"no colour images to train on under {cfg['DATA_DIR']}")
+    stride = max(1, len(val_files) // cfg["NUM_SAMPLES"])
+    return train_files, val_files[::stride][: cfg["NUM_SAMPLES"]]
+
+
+def save_sample_grid(netG_ema, sample_rgb, path, device):
+    """One row per held-out image: gray input | prediction | ground truth."""
+    with torch.no_grad():
+        rgb = sample_rgb.to(device).float() / 255
+        real_A, _ = lab_to_net(rgb_to_lab(rgb))
+        fake = lab_to_rgb(net_to_lab(real_A, netG_ema(real_A)))
+        gray = lab_to_rgb(net_to_lab(real_A, torch.zeros_like(fake[:, :2])))
+    rows = torch.stack([gray, fake, rgb], dim=1).flatten(0, 1)  # (3B, 3, H, W)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_image(rows.cpu(), path, nrow=3, padding=2, pad_value=1.0)
+
+
+def train(cfg, fresh=False):
+    """Train the GAN; resumes from RUN_DIR/checkpoint.pt unless fresh. Returns the final step."""
+
+    device = pick_device(cfg)
+    run_dir = cfg["RUN_DIR"]
+    os.makedirs(run_dir, exist_ok=True)
+    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+    log_path = os.path.join(run_dir, "log.csv")
+    torch.manual_seed(cfg["SEED"])
+
+    def log(msg):
+        tqdm.write(msg)
+
+    train_files, val_files = split_files(cfg, log)
+    dataset = ColorizationDataset(train_files, cfg["IMAGE_SIZE"], train=True, max_pixels=cfg["MAX_PIXELS"])
+    val_set = ColorizationDataset(val_files, cfg["IMAGE_SIZE"], train=False, max_pixels=cfg["MAX_PIXELS"])
+    sample_rgb = torch.stack([val_set[i] for i in range(len(val_set))])
+    batch_size = min(cfg["BATCH_SIZE"], len(dataset))
+    steps_per_epoch = len(dataset) // batch_size
+    total_steps = cfg["EPOCHS"] * steps_per_epoch
+    if cfg["MAX_STEPS"] > 0:
+        total_steps = min(total_steps, cfg["MAX_STEPS"])
+
+    netG = build_generator(cfg).to(device)
+    netD = build_discriminator(cfg).to(device)
+    netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
+    betas = (cfg["BETA1"], cfg["BETA2"])
+    optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
+    optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
+    use_scaler = device.type == "cuda" and cfg["AMP"] == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    amp = autocast_for(device, cfg)
+    vgg = VGGLoss(cfg["VGG_WEIGHTS"]).to(device) if cfg["LAMBDA_VGG"] > 0 else None
+
+    step, epoch, batch_in_epoch, bad_total = 0, 0, 0, 0
+    if os.path.exists(ckpt_path) and not fresh:
+        ckpt = load_checkpoint(ckpt_path)
+        changed = [f"{k}={ckpt['cfg'].get(k)!r} (now {cfg[k]!r})" for k in ARCH_KEYS if ckpt["cfg"].get(k) != cfg[k]]
+        if changed:
+            raise UserError(f"{ckpt_path} was trained with a different network: {', '.join(changed)}; "
+                            f"use the same constants, another --run-dir, or --fresh")
+        netG.load_state_dict(ckpt["netG"])
+        netD.load_state_dict(ckpt["netD"])
+        netG_ema.load_state_dict(ckpt["netG_ema"])
+        optG.load_state_dict(ckpt["optG"])
+        optD.load_state_dict(ckpt["optD"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        bad_total = ckpt.get("bad_steps", 0)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        log(f"resumed from {ckpt_path} at step {step} (epoch {epoch})")
+    if batch_in_epoch >= steps_per_epoch:  # the data set shrank since the checkpoint
+        epoch, batch_in_epoch = epoch + 1, 0
+    trim_log(log_path, step)
+
+    def checkpoint():
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        save_checkpoint({"format_version": FORMAT_VERSION, "cfg": cfg, "step": step, "epoch": epoch,
+                         "batch_in_epoch": batch_in_epoch, "bad_steps": bad_total,
+                         "netG": netG.state_dict(), "netD": netD.state_dict(), "netG_ema": netG_ema.state_dict(),
+                         "optG": optG.state_dict(), "optD": optD.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": rng}, ckpt_path)
+
+    if step >= total_steps:
+        log(f"nothing to do: {ckpt_path} is at step {step} of {total_steps} (raise --steps or --epochs)")
+        return step
+
+    sampler = EpochSampler(len(dataset), batch_size, cfg["SEED"], epoch, batch_in_epoch)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["NUM_WORKERS"],
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg["NUM_WORKERS"] > 0,
+        generator=torch.Generator().manual_seed(cfg["SEED"] + step))
+    log(f"training on {device}: {len(dataset)} images, {steps_per_epoch} steps/epoch, "
+        f"steps {step} -> {total_steps}, run dir {run_dir}")
+
+    # SIGTERM (e.g. from a job scheduler) is handled like Ctrl-C: save, then exit
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    new_log = not os.path.exists(log_path)
+    log_file = open(log_path, "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "epoch", "loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1",
+                         "loss_G_VGG", "bad_steps", "images_per_s", "data_wait_s"])
+    names = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
+    sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
+    t_log, data_wait = time.time(), 0.0
+    pbar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
+    interrupted = False
+    try:
+        netG.train()
+        netD.train()
+        t_data = time.time()
+        for batch in loader:
+            data_wait += time.time() - t_data
+            real_A, real_B = to_net_input(batch, device)
+            real_AB = torch.cat([real_A, real_B], dim=1)
+
+            # D step, on a detached fake
+            netD.requires_grad_(True)
+            with amp:
+                fake_B = netG(real_A)
+                pred_fake = netD(torch.cat([real_A, fake_B.detach()], dim=1))
+                pred_real = netD(real_AB)
+                loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
+                loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
+                loss_D = 0.5 * (loss_D_fake + loss_D_real)
+            optD.zero_grad(set_to_none=True)
+            scaler.scale(loss_D).backward()
+            ok = finite(loss_D, None if use_scaler else netD)
+            if ok:
+                scaler.step(optD)
+
+            # G step, with D frozen
+            netD.requires_grad_(False)
+            with amp:
+                pred_fake = netD(torch.cat([real_A, fake_B], dim=1))
+                with torch.no_grad():
+                    pred_real = netD(real_AB)  # features of the D that was just updated
+                loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
+                loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
+                loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
+                loss_G_VGG = torch.zeros((), device=device)
+                if vgg is not None:
+                    loss_G_VGG = vgg(lab_to_rgb(net_to_lab(real_A, fake_B.float())),
+                                     lab_to_rgb(net_to_lab(real_A, real_B))) * cfg["LAMBDA_VGG"]
+                loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG
+            optG.zero_grad(set_to_none=True)
+            if ok:
+                scaler.scale(loss_G).backward()
+                ok = finite(loss_G, None if use_scaler else netG)
+            if ok:
+                scaler.step(optG)
+            scaler.update()
+
+            batch_in_epoch += 1
+            if batch_in_epoch == steps_per_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+            if not ok:
+                bad_in_row += 1
+                bad_total += 1
+                log(f"warning: non-finite loss or gradient at step {step}; step skipped "
+                    f"({bad_in_row} in a row, {bad_total} in all)")
+                if bad_in_row >= cfg["MAX_BAD_STEPS"]:
+                    raise UserError(f"{bad_in_row} steps in a row had a non-finite loss or gradient; stopping. "
+                                    f"The last good checkpoint is {ckpt_path}; try lower learning rates "
+                                    f"or --amp off")
+                t_data = time.time()
+                continue
+            bad_in_row = 0
+            step += 1
+            update_ema(netG_ema, netG, min(cfg["EMA_DECAY"], (1 + step) / (10 + step)))
+
+            values = torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1,
+                                  loss_G_VGG]).detach().float().cpu()
+            sums += values
+            n_sum += 1
+            pbar.update(1)
+            pbar.set_postfix(D=f"{(values[0] + values[1]).item() / 2:.3f}", G=f"{values[2].item():.3f}",
+                             FM=f"{values[3].item():.3f}", L1=f"{values[4].item():.3f}", ep=epoch)
+            if step % cfg["LOG_EVERY"] == 0 or step == total_steps:
+                dt = time.time() - t_log
+                writer.writerow([step, epoch] + [f"{v:.5f}" for v in (sums / n_sum).tolist()]
+                                + [bad_total, f"{n_sum * batch_size / dt:.2f}", f"{data_wait:.2f}"])
+                log_file.flush()
+                sums, n_sum, t_log, data_wait = torch.zeros(len(names)), 0, time.time(), 0.0
+            if step % cfg["SAMPLE_EVERY"] == 0 or step == total_steps:
+                save_sample_grid(netG_ema, sample_rgb, os.path.join(run_dir, "samples", f"step_{step:07d}.png"),
+                                 device)
+            if step % cfg["SAVE_EVERY"] == 0 or step == total_steps:
+                checkpoint()
+            if step >= total_steps:
+                break
+            t_data = time.time()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        pbar.close()
+        log_file.close()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    if interrupted:
+        checkpoint()
+        log(f"interrupted: saved {ckpt_path} at step {step}; run the same command again to resume")
+        raise KeyboardInterrupt
+    log(f"done: step {step}, checkpoint {ckpt_path}")
+    return step
+
+
+def finite(loss, net=None):
+    """True when the loss (and, given a network, every gradient) is finite; one device sync."""
+    checks = [loss.detach().float().reshape(1)]
+    if net is not None:
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if grads:
+            checks.append(torch.stack(torch._foreach_norm(grads)).float())
+    return bool(torch.isfinite(torch.cat(checks)).all())
+
+
+def trim_log(path, step):
+    """Drop log rows written after the checkpoint we resume from, so the CSV matches the run."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    if len(kept) != len(rows):
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+
+# -----------------------------------------------------------------------------
+# Inference
+
+def colorize_image(netG, rgb, render_size, device):
+    """Colorize one photo: (H, W, 3) float RGB in [0, 1] (colour or gray) -> (H, W, 3) RGB.
+
+    The network sees the luminance resized to render_size on its longer side; the predicted ab
+    is upsampled to the original size and joined with the original full-resolution L.
+    """
+    with torch.no_grad():
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
+        real_A, _ = lab_to_net(rgb_to_lab(x))                        # (1, 1, H, W): colour is discarded
+        H, W = real_A.shape[-2:]
+        small = resize_long_side(real_A, min(render_size, max(H, W))).clamp(-1, 1)
+        h, w = small.shape[-2:]
+        m = 2 ** netG.n_downs
+        small = F.pad(small, (0, -w % m, 0, -h % m), mode="replicate")
+        fake_B = netG(small)[..., :h, :w].float()
+        fake_B = F.interpolate(fake_B, size=(H, W), mode="bilinear", align_corners=False)
+        out = lab_to_rgb(net_to_lab(real_A, fake_B))
+    return out[0].permute(1, 2, 0).cpu().numpy()
+
+
+def output_paths(inputs, files, out_dir):
+    """Output path for each file: folders are mirrored under out_dir so equal names never collide,
+    a file is never written over its input, and two inputs never share an output."""
+    roots = [os.path.abspath(p) for p in inputs if os.path.isdir(p)]
+    taken, result = set(), {}
+    for f in files:
+        af = os.path.abspath(f)
+        root = next((r for r in roots if af.startswith(r + os.sep)), None)
+        rel = os.path.relpath(os.path.dirname(af), root) if root else "."
+        stem = os.path.splitext(os.path.basename(f))[0]
+        out = os.path.normpath(os.path.join(out_dir, rel, stem + ".png"))
+        n = 1
+        while out in taken or out == af:
+            out = os.path.normpath(os.path.join(out_dir, rel, f"{stem}_{n}.png"))
+            n += 1
+        taken.add(out)
+        result[f] = out
+    return result
+
+
+def infer(cfg, inputs, debug=False):
+    """Colorize every image under inputs into OUT_DIR; returns the number of files that failed."""
+
+    device = pick_device(cfg)
+    netG, _ = load_generator(cfg["WEIGHTS"], device)
+    files, failed = [], []
+    for p in inputs:  # a missing input is reported, the others still run
+        try:
+            files += find_images([p])
+        except FileNotFoundError as e:
+            failed.append((p, str(e)))
+    files = sorted(set(files))
+    out_dir = cfg["OUT_DIR"]
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    targets = output_paths(inputs, files, out_dir)
+    n_ok = 0
+    for f in tqdm(files, desc="colorize", unit="img", dynamic_ncols=True):
+        try:
+            rgb, alpha = load_image(f, cfg["MAX_PIXELS"])
+            out = colorize_image(netG, rgb, cfg["RENDER_SIZE"], device)
+            img = np.round(out * 255).astype(np.uint8)
+            if alpha is not None:
+                img = np.concatenate([img, np.round(alpha * 255).astype(np.uint8)[..., None]], axis=2)
+            os.makedirs(os.path.dirname(targets[f]), exist_ok=True)
+            Image.fromarray(img).save(targets[f])
+            n_ok += 1
+        except BadImageError as e:
+            failed.append((f, str(e).removeprefix(f + ": ")))
+        except Exception as e:  # keep going: one bad file must not end a batch of thousands
+            if debug:
+                raise
+            failed.append((f, f"{type(e).__name__}: {e}"))
+    print(f"colorized {n_ok} of {n_ok + len(failed)} files into {out_dir}")
+    for f, why in failed:
+        print(f"failed: {f}: {why}", file=sys.stderr)
+    return len(failed)
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = make_config(args)
+        if args.train:
+            train(cfg, fresh=args.fresh)
+        elif args.infer:
+            return 1 if infer(cfg, args.infer, debug=args.debug) else 0
+        elif args.export:
+            export({**cfg, "EXPORT": args.export})
+    except KeyboardInterrupt:
+        return 130
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

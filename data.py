@@ -1,0 +1,221 @@
+"""Files -> tensors: image discovery and loading, the training dataset, and Lab conversion.
+
+Colour conversion is done in torch on whole batches so it runs on the training
+device; it follows scikit-image's rgb2lab / lab2rgb (sRGB, D65, 2 degree observer).
+"""
+import glob
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+IMG_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class BadImageError(ValueError):
+    """An input file that cannot be used as an image; the message names the file and the reason."""
+
+
+# -----------------------------------------------------------------------------
+# RGB <-> Lab, batched, (B, 3, H, W) float tensors; RGB in [0, 1]
+
+_XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423],
+                              [0.212671, 0.715160, 0.072169],
+                              [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
+_RGB_FROM_XYZ = torch.linalg.inv(_XYZ_FROM_RGB)
+_WHITE_D65 = (0.95047, 1.0, 1.08883)
+
+
+def _channel_matmul(m, x):
+    # (3, 3) @ (B, 3, H, W) over the channel axis
+    return torch.einsum("ij,bjhw->bihw", m.to(x.dtype).to(x.device), x)
+
+
+def rgb_to_lab(rgb):
+    """sRGB in [0, 1] (B, 3, H, W) -> Lab with L in [0, 100], a and b roughly in [-110, 110]."""
+    rgb = rgb.clamp(0, 1)
+    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = _channel_matmul(_XYZ_FROM_RGB, lin)
+    xyz = xyz / torch.tensor(_WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+
+
+def lab_to_rgb(lab):
+    """Lab (B, 3, H, W) -> sRGB in [0, 1], clipped like scikit-image's lab2rgb."""
+    L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
+    fy = (L + 16) / 116
+    f = torch.stack([a / 500 + fy, fy, (fy - b / 200).clamp(min=0)], dim=1)
+    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787)
+    xyz = xyz * torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
+    lin = _channel_matmul(_RGB_FROM_XYZ, xyz)
+    rgb = torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin)
+    return rgb.clamp(0, 1)
+
+
+# The network sees L in [-1, 1] and predicts ab in [-1, 1]: the only place the scaling lives.
+AB_SCALE = 110.0
+
+
+def lab_to_net(lab):
+    """Lab (B, 3, H, W) -> (real_A, real_B): L/50 - 1 (B, 1, H, W) and ab/110 (B, 2, H, W)."""
+    return lab[:, :1] / 50 - 1, lab[:, 1:] / AB_SCALE
+
+
+def net_to_lab(real_A, fake_B):
+    """Inverse of lab_to_net; predicted ab is clamped to the valid range first."""
+    return torch.cat([(real_A + 1) * 50, fake_B.clamp(-1, 1) * AB_SCALE], dim=1)
+
+
+# -----------------------------------------------------------------------------
+# Files
+
+def is_image_file(path):
+    return os.path.splitext(path)[1].lower() in IMG_EXTENSIONS
+
+
+def find_images(paths):
+    """Expand files, folders (recursive) and glob patterns into a sorted list of image paths.
+
+    A path that matches nothing raises FileNotFoundError naming it.
+    """
+    found = []
+    for p in paths:
+        p = os.path.expanduser(str(p))
+        if os.path.isdir(p):
+            for root, _, files in os.walk(p):
+                found += [os.path.join(root, f) for f in files if is_image_file(f)]
+        elif os.path.isfile(p):
+            found.append(p)  # named explicitly: let loading say if it is not an image
+        else:
+            matches = [m for m in glob.glob(p, recursive=True) if os.path.isfile(m)]
+            if not matches:
+                raise FileNotFoundError(f"no such file, folder or pattern: {p}")
+            found += matches
+    return sorted(set(found))
+
+
+def load_image(path, max_pixels=100_000_000):
+    """Read any common image file as float RGB in [0, 1], shape (H, W, 3), plus alpha (H, W) or None.
+
+    EXIF orientation is applied; 16-bit, palette, CMYK, LA/RGBA and grayscale inputs are handled;
+    an animated file gives its first frame. Raises BadImageError with a plain reason.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+                                    f"(raise MAX_PIXELS if you trust this file)")
+            img.seek(0)
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            alpha = None
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit (or 32-bit integer) grayscale: keep the extra precision
+                arr = np.asarray(img, dtype=np.float32)
+                scale = 65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0
+                gray = np.clip(arr / scale, 0, 1)
+                return np.repeat(gray[..., None], 3, axis=2), None
+            if img.mode == "F":
+                gray = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
+                return np.repeat(gray[..., None], 3, axis=2), None
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                alpha = np.asarray(img, dtype=np.float32)[..., 3] / 255
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: file does not exist") from None
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError, EOFError) as e:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise BadImageError(f"{path}: file is empty (0 bytes)") from None
+        raise BadImageError(f"{path}: not a readable image ({e})") from None
+    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise BadImageError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} pixels; at least 2x2 is needed")
+    return rgb, alpha
+
+
+def is_grayscale(rgb, tol=2 / 255):
+    """True when an (H, W, 3) float image has (almost) no colour: every channel equals the others."""
+    return float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()) < tol
+
+
+def scan_images(paths, max_pixels, log=print):
+    """Check every training image once: returns (colour files, n_bad, n_gray), warning once per bad file."""
+    good, n_bad, n_gray = [], 0, 0
+    for path in find_images(paths):
+        try:
+            rgb, _ = load_image(path, max_pixels)
+        except BadImageError as e:
+            log(f"warning: skipping {e}")
+            n_bad += 1
+            continue
+        if is_grayscale(rgb):
+            n_gray += 1
+        else:
+            good.append(path)
+    return good, n_bad, n_gray
+
+
+# -----------------------------------------------------------------------------
+# Dataset
+
+class ColorizationDataset(Dataset):
+    """Colour photos -> random crops as uint8 RGB tensors (3, size, size).
+
+    Lab conversion happens later, batched on the training device. A file that became
+    unreadable after the scan is replaced by the next one, with a warning.
+    """
+
+    def __init__(self, files, size, train=True, max_pixels=100_000_000):
+        if not files:
+            raise ValueError("no usable colour images to train on")
+        self.files, self.size, self.max_pixels = list(files), size, max_pixels
+        if train:
+            self.transform = v2.Compose([
+                v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ])
+        else:  # fixed view for samples and validation
+            self.transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        for k in range(len(self.files)):
+            path = self.files[(i + k) % len(self.files)]
+            try:
+                rgb, _ = load_image(path, self.max_pixels)
+                break
+            except BadImageError as e:
+                warnings.warn(f"skipping {e}")
+        else:
+            raise RuntimeError("every training image failed to load")
+        img = torch.from_numpy(np.round(rgb * 255).astype(np.uint8)).permute(2, 0, 1)
+        return self.transform(img)
+
+
+def to_net_input(batch_uint8, device):
+    """uint8 RGB batch (B, 3, H, W) -> (real_A, real_B) on device, in network scaling."""
+    rgb = batch_uint8.to(device, non_blocking=True).float() / 255
+    return lab_to_net(rgb_to_lab(rgb))
+
+
+def resize_long_side(x, long_side):
+    """Resize (B, C, H, W) so its longer side is long_side, keeping the aspect ratio."""
+    h, w = x.shape[-2:]
+    s = long_side / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    return F.interpolate(x, size=size, mode="bicubic" if s > 1 else "area",
+                         **({"align_corners": False} if s > 1 else {}))

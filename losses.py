@@ -1,0 +1,105 @@
+"""Loss functions: small functions of tensors that return a scalar.
+
+Discriminator outputs are lists (one per scale) of lists of features whose last
+entry is the patch map of logits, as returned by models.MultiscaleDiscriminator.
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GAN_MODES = ("hinge", "lsgan", "vanilla")
+
+
+def gan_loss(pred, target_is_real, mode="hinge", for_discriminator=True):
+    """Adversarial loss averaged over the scales of a multi-scale discriminator.
+
+    hinge: D minimises relu(1 - D(real)) + relu(1 + D(fake)), G minimises -D(fake) (SAGAN).
+    lsgan: squared distance to 1 (real) or 0 (fake) (pix2pixHD).
+    vanilla: binary cross-entropy with logits (pix2pix).
+    """
+    if mode not in GAN_MODES:
+        raise ValueError(f"GAN_MODE must be one of {GAN_MODES}, got {mode!r}")
+    losses = []
+    for feats in pred:
+        logits = feats[-1]
+        if mode == "hinge":
+            if for_discriminator:
+                sign = -1 if target_is_real else 1
+                loss = F.relu(1 + sign * logits).mean()
+            else:
+                loss = -logits.mean()
+        else:
+            target = torch.ones_like(logits) if target_is_real else torch.zeros_like(logits)
+            if mode == "lsgan":
+                loss = F.mse_loss(logits, target)
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, target)
+        losses.append(loss)
+    return sum(losses) / len(losses)
+
+
+def feature_matching_loss(pred_fake, pred_real):
+    """pix2pixHD feature matching: L1 between D's intermediate features of the fake and real pairs.
+
+    Each of the n_layers_D + 1 intermediate layers is weighted 4 / (n_layers_D + 1) and each
+    scale 1 / num_D; the final patch map is not matched. Real features are detached.
+    """
+    num_D = len(pred_fake)
+    loss = pred_fake[0][0].new_zeros(())
+    for feats_fake, feats_real in zip(pred_fake, pred_real):
+        n_inter = len(feats_fake) - 1  # = n_layers_D + 1
+        layer_weight = 4.0 / n_inter
+        for f_fake, f_real in zip(feats_fake[:-1], feats_real[:-1]):
+            loss = loss + layer_weight / num_D * F.l1_loss(f_fake, f_real.detach())
+    return loss
+
+
+def l1_loss(fake_B, real_B):
+    """L1 between predicted and true ab (pix2pix); weighted by LAMBDA_L1 in the trainer."""
+    return F.l1_loss(fake_B, real_B)
+
+
+class VGGLoss(nn.Module):
+    """pix2pixHD's perceptual (content) loss on VGG19 features of the RGB images.
+
+    Needs ImageNet weights for torchvision's vgg19, read from a local file (nothing is
+    downloaded). Layers relu1_1 .. relu5_1 are weighted 1/32, 1/16, 1/8, 1/4, 1.
+    """
+
+    SLICES = (2, 7, 12, 21, 30)  # ends of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 in vgg19.features
+    WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+    def __init__(self, weights_path):
+        super().__init__()
+        from torchvision.models import vgg19
+        if not weights_path or not os.path.isfile(weights_path):
+            raise FileNotFoundError(
+                f"the perceptual loss needs ImageNet VGG19 weights, but VGG_WEIGHTS={weights_path!r} is not a file. "
+                "This tool downloads nothing: on a machine with internet, get torchvision's "
+                "'vgg19-dcbb9e9d.pth' (torchvision.models.VGG19_Weights.IMAGENET1K_V1), copy it here and pass "
+                "--vgg-weights PATH, or set LAMBDA_VGG = 0 to train without the perceptual loss.")
+        net = vgg19()
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{weights_path}: not a torchvision VGG19 state dict ({e})") from None
+        features = net.features[:self.SLICES[-1]].eval()
+        starts = (0,) + self.SLICES[:-1]
+        self.slices = nn.ModuleList(features[a:b] for a, b in zip(starts, self.SLICES))
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, fake_rgb, real_rgb):
+        """RGB in [0, 1], (B, 3, H, W) each."""
+        x = (fake_rgb - self.mean) / self.std
+        y = (real_rgb - self.mean) / self.std
+        loss = x.new_zeros(())
+        for w, block in zip(self.WEIGHTS, self.slices):
+            x, y = block(x), block(y)
+            loss = loss + w * F.l1_loss(x, y.detach())
+        return loss

@@ -1,0 +1,156 @@
+"""Networks: the U-Net generator with self-attention (pix2pix + SAGAN) and the
+multi-scale PatchGAN discriminator (pix2pixHD)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def _sn(module, enabled):
+    return spectral_norm(module) if enabled else module
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention: every position attends to every other position.
+
+    Query and key are 1x1 convolutions to C/8 channels, value keeps C; the output is
+    gamma * attention + x with gamma starting at 0, so a fresh block is the identity.
+    """
+
+    def __init__(self, channels, use_sn=True):
+        super().__init__()
+        self.query = _sn(nn.Conv2d(channels, max(1, channels // 8), 1), use_sn)
+        self.key = _sn(nn.Conv2d(channels, max(1, channels // 8), 1), use_sn)
+        self.value = _sn(nn.Conv2d(channels, channels, 1), use_sn)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, HW, C/8)
+        k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)    # (B, 1, HW, C/8)
+        v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, HW, C)
+        # SAGAN uses an unscaled dot product; the fused kernel never materialises the
+        # (HW, HW) attention map where a memory-efficient backend exists.
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)    # (B, 1, HW, C)
+        out = out.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
+        return self.gamma * out + x
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix U-Net: L (B, 1, H, W) in [-1, 1] -> ab (B, 2, H, W) in [-1, 1].
+
+    The encoder halves the resolution n_downs times with 4x4 stride-2 convolutions
+    (widths ngf, 2ngf, 4ngf, 8ngf, 8ngf, ...); the decoder mirrors it with skip
+    concatenation. Upsampling is nearest-neighbour + 3x3 convolution rather than a
+    transposed convolution, which avoids checkerboard artifacts (Odena et al. 2016)
+    that show as coloured grids in flat regions. H and W must be multiples of 2**n_downs.
+    """
+
+    def __init__(self, ngf=64, n_downs=7, attn_factors=(8,), use_sn=True, dropout=0.0):
+        super().__init__()
+        self.n_downs = n_downs
+        widths = [ngf * min(2 ** i, 8) for i in range(n_downs)]  # output width of encoder level i
+        self.down = nn.ModuleList()
+        for i in range(n_downs):
+            c_in = 1 if i == 0 else widths[i - 1]
+            layers = [] if i == 0 else [nn.LeakyReLU(0.2, True)]
+            layers.append(_sn(nn.Conv2d(c_in, widths[i], 4, 2, 1, bias=False), use_sn))
+            if 0 < i < n_downs - 1:  # no norm on the first layer, nor on the 1x1 bottleneck (pix2pix)
+                layers.append(nn.BatchNorm2d(widths[i]))
+            self.down.append(nn.Sequential(*layers))
+        # up[j] doubles the resolution: from input / 2**(i+1) to input / 2**i, with i = n_downs - 1 - j
+        self.up = nn.ModuleList()
+        self.attn = nn.ModuleDict()
+        for j in range(n_downs):
+            i = n_downs - 1 - j  # input: decoder level i (concatenated with its skip below the bottleneck)
+            c_in = widths[-1] if j == 0 else 2 * widths[i]
+            if j == n_downs - 1:  # outermost: to 2 channels of ab
+                self.up.append(nn.Sequential(
+                    nn.ReLU(True), nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(c_in, 2, 3, 1, 1), nn.Tanh()))
+                continue
+            layers = [nn.ReLU(True), nn.Upsample(scale_factor=2, mode="nearest"),
+                      _sn(nn.Conv2d(c_in, widths[i - 1], 3, 1, 1, bias=False), use_sn),
+                      nn.BatchNorm2d(widths[i - 1])]
+            if dropout > 0 and j < 3:
+                layers.append(nn.Dropout(dropout))
+            self.up.append(nn.Sequential(*layers))
+            if 2 ** i in attn_factors:  # output of up[j] is at input / 2**i
+                self.attn[str(j)] = SelfAttention(widths[i - 1], use_sn)
+
+    def forward(self, x):
+        m = 2 ** self.n_downs
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"generator input sides must be multiples of {m}, got {tuple(x.shape[-2:])}")
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)                      # level i: (B, widths[i], H/2^(i+1), W/2^(i+1))
+        x = skips.pop()
+        for j, block in enumerate(self.up):
+            x = block(x)
+            if str(j) in self.attn:
+                x = self.attn[str(j)](x)
+            if skips:
+                x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 * widths[i - 1], H/2^i, W/2^i)
+        return x                                 # (B, 2, H, W)
+
+
+class NLayerDiscriminator(nn.Module):
+    """PatchGAN: (B, 3, H, W) Lab pair -> list of n_layers + 1 intermediate features and the patch map.
+
+    4x4 kernels with padding 2 as pix2pixHD, so even the coarsest scale of a small crop
+    keeps a non-empty patch map. Spectral norm replaces instance norm when enabled.
+    """
+
+    def __init__(self, in_channels=3, ndf=64, n_layers=3, use_sn=True):
+        super().__init__()
+
+        def norm(c):
+            return nn.Identity() if use_sn else nn.InstanceNorm2d(c)
+
+        blocks = [nn.Sequential(_sn(nn.Conv2d(in_channels, ndf, 4, 2, 2), use_sn), nn.LeakyReLU(0.2, True))]
+        c = ndf
+        for n in range(1, n_layers + 1):
+            c_out = ndf * min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            blocks.append(nn.Sequential(_sn(nn.Conv2d(c, c_out, 4, stride, 2), use_sn),
+                                        norm(c_out), nn.LeakyReLU(0.2, True)))
+            c = c_out
+        blocks.append(nn.Sequential(_sn(nn.Conv2d(c, 1, 4, 1, 2), use_sn)))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        feats = []
+        for block in self.blocks:
+            x = block(x)
+            feats.append(x)
+        return feats  # feats[-1] is the (B, 1, h, w) patch map of logits
+
+
+class MultiscaleDiscriminator(nn.Module):
+    """num_D PatchGANs on the input at full, 1/2, 1/4 ... resolution; returns one feature list per scale."""
+
+    def __init__(self, in_channels=3, ndf=64, n_layers=3, num_D=3, use_sn=True):
+        super().__init__()
+        self.nets = nn.ModuleList(NLayerDiscriminator(in_channels, ndf, n_layers, use_sn) for _ in range(num_D))
+        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        results = []
+        for i, net in enumerate(self.nets):
+            if i > 0:
+                x = self.downsample(x)  # (B, 3, H/2^i, W/2^i)
+            results.append(net(x))
+        return results
+
+
+def build_generator(cfg):
+    """The generator described by a config dict (the constants of colorize_base.py)."""
+    return UnetGenerator(ngf=cfg["NGF"], n_downs=cfg["N_DOWNS"], attn_factors=tuple(cfg["ATTN_FACTORS"]),
+                         use_sn=cfg["SPECTRAL_NORM"], dropout=cfg["DROPOUT"])
+
+
+def build_discriminator(cfg):
+    return MultiscaleDiscriminator(3, ndf=cfg["NDF"], n_layers=cfg["N_LAYERS_D"], num_D=cfg["NUM_D"],
+                                   use_sn=cfg["SPECTRAL_NORM"])
