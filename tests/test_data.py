@@ -1,0 +1,84 @@
+"""Lab conversion against scikit-image, image discovery and the training-set scan."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import color
+
+from data import (ColorizationDataset, find_images, lab_to_net, lab_to_rgb, load_image, net_to_lab, rgb_to_lab,
+                  scan_images)
+
+
+def test_rgb_to_lab_matches_skimage():
+    rng = np.random.default_rng(0)
+    rgb = rng.random((16, 16, 3))
+    rgb[0, :4] = [[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 0, 1]]  # extremes
+    ours = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).numpy()
+    assert np.abs(ours - color.rgb2lab(rgb)).max() < 1e-3
+
+
+def test_lab_to_rgb_matches_skimage_including_out_of_gamut():
+    rng = np.random.default_rng(1)
+    lab = np.stack([rng.uniform(0, 100, (16, 16)), rng.uniform(-110, 110, (16, 16)),
+                    rng.uniform(-110, 110, (16, 16))], axis=2)
+    ours = lab_to_rgb(torch.from_numpy(lab).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).numpy()
+    with pytest.warns(UserWarning):  # skimage warns about negative Z values it clips, as we do
+        ref = color.lab2rgb(lab)
+    assert np.abs(ours - ref).max() < 1e-3
+
+
+def test_lab_round_trip():
+    rgb = torch.rand(2, 3, 8, 8)
+    assert (lab_to_rgb(rgb_to_lab(rgb)) - rgb).abs().max() < 1e-4
+
+
+def test_network_scaling_is_inverted_and_clamped():
+    lab = rgb_to_lab(torch.rand(2, 3, 8, 8))
+    real_A, real_B = lab_to_net(lab)
+    assert real_A.min() >= -1 and real_A.max() <= 1
+    assert torch.allclose(net_to_lab(real_A, real_B), lab, atol=1e-5)
+    assert net_to_lab(real_A, torch.full_like(real_B, 5.0))[:, 1:].max() == 110  # clamped
+
+
+def _colour(path, size=(40, 30)):
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_find_images_recursive_any_case(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ["x.JPG", "a/y.png", "a/b/z.TiFF", "a/notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    found = [p.replace(str(tmp_path) + "/", "") for p in find_images([tmp_path])]
+    assert found == ["a/b/z.TiFF", "a/y.png", "x.JPG"]
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        find_images([tmp_path / "nothing_here"])
+
+
+def test_scan_skips_corrupt_and_grayscale(tmp_path):
+    _colour(tmp_path / "good1.png")
+    _colour(tmp_path / "good2.jpg")
+    Image.new("L", (40, 30), 128).save(tmp_path / "gray_l.png")
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(tmp_path / "gray_rgb.png")
+    (tmp_path / "corrupt.jpg").write_bytes(b"not an image at all")
+    warnings = []
+    good, n_bad, n_gray = scan_images([tmp_path], 10**8, log=warnings.append)
+    assert [p.split("/")[-1] for p in good] == ["good1.png", "good2.jpg"]
+    assert (n_bad, n_gray) == (1, 2)
+    assert len(warnings) == 1 and "corrupt.jpg" in warnings[0]
+
+
+def test_dataset_crops_uint8(tmp_path):
+    _colour(tmp_path / "a.png", (50, 35))
+    ds = ColorizationDataset([str(tmp_path / "a.png")], 32)
+    x = ds[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+
+
+def test_load_image_modes(tmp_path):
+    Image.new("RGBA", (8, 6), (255, 0, 0, 100)).save(tmp_path / "rgba.png")
+    rgb, alpha = load_image(str(tmp_path / "rgba.png"))
+    assert rgb.shape == (6, 8, 3) and alpha.shape == (6, 8) and abs(alpha[0, 0] - 100 / 255) < 1e-6
+    Image.fromarray(np.full((6, 8), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
+    rgb, alpha = load_image(str(tmp_path / "g16.png"))
+    assert alpha is None and np.allclose(rgb, 1.0)

@@ -1,0 +1,90 @@
+"""Each loss against a value computed by hand."""
+import math
+
+import pytest
+import torch
+
+from losses import VGGLoss, feature_matching_loss, gan_loss, l1_loss
+
+
+def _pred(*logit_lists):
+    """A fake multi-scale D output: one scale per list, features [dummy, logits]."""
+    return [[torch.zeros(1), torch.tensor(v)] for v in logit_lists]
+
+
+def test_hinge():
+    p = _pred([0.5, -2.0])
+    assert gan_loss(p, True, "hinge").item() == pytest.approx((0.5 + 3.0) / 2)    # relu(1 - x)
+    assert gan_loss(p, False, "hinge").item() == pytest.approx((1.5 + 0.0) / 2)   # relu(1 + x)
+    assert gan_loss(p, True, "hinge", for_discriminator=False).item() == pytest.approx(0.75)  # -mean
+
+
+def test_lsgan():
+    p = _pred([0.5, -2.0])
+    assert gan_loss(p, True, "lsgan").item() == pytest.approx((0.25 + 9.0) / 2)
+    assert gan_loss(p, False, "lsgan").item() == pytest.approx((0.25 + 4.0) / 2)
+
+
+def test_vanilla_is_bce_with_logits():
+    p = _pred([0.0, 2.0])
+    expected = (math.log(2) + math.log(1 + math.exp(-2.0))) / 2
+    assert gan_loss(p, True, "vanilla").item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_gan_loss_averages_scales():
+    p = _pred([0.0], [2.0])
+    assert gan_loss(p, True, "lsgan").item() == pytest.approx((1.0 + 1.0) / 2)
+
+
+def test_gan_loss_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="wgan"):
+        gan_loss(_pred([0.0]), True, "wgan")
+
+
+def test_feature_matching_zero_for_identical_features():
+    feats = [[torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 1, 3, 3)] for _ in range(3)]
+    assert feature_matching_loss(feats, feats).item() == 0.0
+
+
+def test_feature_matching_weights():
+    # 2 scales, 2 intermediate layers each (n_layers_D + 1 = 2): weight 4/2 per layer, 1/2 per scale
+    fake = [[torch.full((1, 2, 2, 2), 1.0), torch.full((1, 2, 2, 2), 3.0), torch.zeros(1, 1, 1, 1)],
+            [torch.full((1, 2, 2, 2), 0.0), torch.full((1, 2, 2, 2), 0.0), torch.zeros(1, 1, 1, 1)]]
+    real = [[torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), torch.full((1, 1, 1, 1), 9.0)],
+            [torch.full((1, 2, 2, 2), 0.5), torch.zeros(1, 2, 2, 2), torch.full((1, 1, 1, 1), 9.0)]]
+    expected = 2.0 * 0.5 * (1.0 + 3.0) + 2.0 * 0.5 * (0.5 + 0.0)  # the patch maps are not matched
+    assert feature_matching_loss(fake, real).item() == pytest.approx(expected)
+
+
+def test_feature_matching_detaches_real():
+    real = [[torch.ones(1, 2, 2, 2, requires_grad=True), torch.zeros(1, 1, 1, 1)]]
+    fake = [[torch.zeros(1, 2, 2, 2, requires_grad=True), torch.zeros(1, 1, 1, 1)]]
+    feature_matching_loss(fake, real).backward()
+    assert real[0][0].grad is None and fake[0][0].grad is not None
+
+
+def test_l1():
+    assert l1_loss(torch.tensor([0.5, -0.5]), torch.tensor([0.0, 0.5])).item() == pytest.approx(0.75)
+
+
+def test_vgg_loss_without_weights_says_how_to_provide_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="VGG_WEIGHTS.*downloads nothing"):
+        VGGLoss(str(tmp_path / "missing.pth"))
+
+
+def test_vgg_loss_rejects_wrong_file(tmp_path):
+    path = tmp_path / "not_vgg.pth"
+    torch.save({"foo": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="not a torchvision VGG19"):
+        VGGLoss(str(path))
+
+
+def test_vgg_loss_with_local_weights(tmp_path):
+    from torchvision.models import vgg19
+    path = tmp_path / "vgg19.pth"
+    torch.manual_seed(0)
+    torch.save(vgg19().state_dict(), path)
+    loss = VGGLoss(str(path))
+    x = torch.rand(1, 3, 32, 32)
+    assert loss(x, x).item() == 0.0
+    assert loss(x, torch.rand(1, 3, 32, 32)).item() > 0

@@ -1,0 +1,150 @@
+"""Training, checkpoints and the command line, end to end on tiny generated images."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import colorize_base as cb
+from models import build_generator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"NGF": 8, "NDF": 8, "N_DOWNS": 3, "ATTN_FACTORS": (4,), "N_LAYERS_D": 2, "NUM_D": 3, "IMAGE_SIZE": 32,
+        "BATCH_SIZE": 2, "NUM_WORKERS": 0, "VAL_DIR": "", "NUM_SAMPLES": 2, "LOG_EVERY": 1, "SAVE_EVERY": 2,
+        "SAMPLE_EVERY": 2, "DEVICE": "cpu"}
+TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-downs", "3", "--attn-factors", "4", "--n-layers-d", "2",
+              "--size", "32", "--batch-size", "2", "--num-workers", "0", "--val-dir", "", "--num-samples", "2",
+              "--device", "cpu"]
+
+
+def make_photos(folder, n=8, size=(48, 40)):
+    """Smooth random colour images: a gradient per channel plus a coloured disc."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    for i in range(n):
+        img = np.stack([rng.random() * xx + rng.random() * yy + 0.2 * rng.random() for _ in range(3)], axis=2)
+        disc = (xx - rng.random()) ** 2 + (yy - rng.random()) ** 2 < 0.05
+        img[disc] = rng.random(3)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(os.path.join(folder, f"photo_{i}.png"))
+
+
+def tiny_cfg(tmp_path, **over):
+    make_photos(tmp_path / "data")
+    cfg = {**cb.CONSTANTS, **TINY, "DATA_DIR": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run")}
+    cfg.update(over)
+    return cfg
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "log.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_checkpoint_samples_and_log(tmp_path):
+    cfg = tiny_cfg(tmp_path, MAX_STEPS=4)
+    assert cb.train(cfg) == 4
+    run = cfg["RUN_DIR"]
+    ckpt = cb.load_checkpoint(os.path.join(run, "checkpoint.pt"))
+    assert ckpt["step"] == 4 and ckpt["cfg"]["NGF"] == 8
+    assert {"netG", "netD", "netG_ema", "optG", "optD", "scaler", "rng"} <= set(ckpt)
+    assert os.path.exists(os.path.join(run, "samples", "step_0000004.png"))
+    rows = read_log(run)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(float(r["loss_G_L1"])) for r in rows)
+
+
+def test_resume_continues_step_count(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path, MAX_STEPS=3)
+    cb.train(cfg)
+    ckpt3 = cb.load_checkpoint(os.path.join(cfg["RUN_DIR"], "checkpoint.pt"))
+    capsys.readouterr()
+    assert cb.train({**cfg, "MAX_STEPS": 6}) == 6
+    assert "resumed from" in capsys.readouterr().out
+    ckpt6 = cb.load_checkpoint(os.path.join(cfg["RUN_DIR"], "checkpoint.pt"))
+    assert ckpt6["step"] == 6
+    assert ckpt6["optG"]["state"][0]["step"].item() == 6  # Adam state carried over, not restarted
+    # 8 images, 2 held out for samples: 6 / batch 2 = 3 steps per epoch
+    assert (ckpt3["epoch"], ckpt3["batch_in_epoch"]) == (1, 0) and (ckpt6["epoch"], ckpt6["batch_in_epoch"]) == (2, 0)
+    assert [int(r["step"]) for r in read_log(cfg["RUN_DIR"])] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_different_network(tmp_path):
+    cfg = tiny_cfg(tmp_path, MAX_STEPS=1)
+    cb.train(cfg)
+    with pytest.raises(cb.UserError, match="NGF=8 .now 16"):
+        cb.train({**cfg, "NGF": 16, "MAX_STEPS": 2})
+
+
+def test_checkpoint_reload_is_bit_identical(tmp_path):
+    cfg = {**cb.CONSTANTS, **TINY}
+    torch.manual_seed(0)
+    netG = build_generator(cfg).eval()
+    with torch.no_grad():
+        next(iter(netG.attn.values())).gamma.fill_(0.3)  # make attention matter
+        x = torch.rand(1, 1, 64, 48) * 2 - 1
+        expected = netG(x)
+    path = str(tmp_path / "g.pt")
+    cb.save_checkpoint({"format_version": cb.FORMAT_VERSION, "cfg": cfg, "netG_ema": netG.state_dict()}, path)
+    loaded, loaded_cfg = cb.load_generator(path, torch.device("cpu"))
+    assert loaded_cfg["NGF"] == 8
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+
+
+def test_command_line_rejects_unknown_and_ill_typed(capsys):
+    with pytest.raises(SystemExit):
+        cb.main(["--train", "--no-such-constant", "3"])
+    assert "--no-such-constant" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cb.main(["--train", "--epochs", "many"])
+    assert "--epochs" in capsys.readouterr().err
+    assert cb.main(["--train", "--size", "100"]) == 2
+    assert "--image-size must be a positive multiple of 2**N_DOWNS = 64, got 100" in capsys.readouterr().err
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "colorize_base.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_end_to_end_train_then_infer_cli(tmp_path):
+    make_photos(tmp_path / "data")
+    run = tmp_path / "run"
+    r = _run("--train", "--data", str(tmp_path / "data"), "--run-dir", str(run), "--steps", "3", *TINY_FLAGS)
+    assert r.returncode == 0, r.stderr
+    assert (run / "checkpoint.pt").exists() and (run / "log.csv").exists()
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.open(tmp_path / "data" / "photo_0.png").save(inputs / "plain.png")
+    rgba = Image.open(tmp_path / "data" / "photo_1.png").convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 77))
+    rgba.save(inputs / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise when shown
+    Image.new("RGB", (50, 30), (200, 120, 40)).save(inputs / "rotated.jpg", exif=exif.tobytes())
+    (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+
+    out = tmp_path / "out"
+    r = _run("--infer", str(inputs), "--weights", str(run / "checkpoint.pt"), "--out", str(out),
+             "--render-size", "64", "--device", "cpu")
+    assert r.returncode == 1  # one file failed
+    assert "corrupt.jpg" in r.stderr and "Traceback" not in r.stderr
+    assert "colorized 3 of 4" in r.stdout
+    assert Image.open(out / "plain.png").size == (48, 40)
+    alpha = Image.open(out / "alpha.png")
+    assert alpha.mode == "RGBA" and alpha.getpixel((0, 0))[3] == 77
+    assert Image.open(out / "rotated.png").size == (30, 50)  # EXIF orientation applied
+
+    # inference is deterministic: the same input gives the same bytes
+    r2 = _run("--infer", str(inputs / "plain.png"), "--weights", str(run / "checkpoint.pt"), "--out",
+              str(tmp_path / "out2"), "--render-size", "64", "--device", "cpu")
+    assert r2.returncode == 0
+    assert np.array_equal(np.asarray(Image.open(out / "plain.png")),
+                          np.asarray(Image.open(tmp_path / "out2" / "plain.png")))
