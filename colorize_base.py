@@ -369,12 +369,20 @@ def train(cfg, fresh=False):
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["NUM_WORKERS"],
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg["NUM_WORKERS"] > 0,
-        generator=torch.Generator().manual_seed(cfg["SEED"] + step))
+        generator=torch.Generator().manual_seed(cfg["SEED"] + step), worker_init_fn=_ignore_stop_signals)
     log(f"training on {device}: {len(dataset)} images, {steps_per_epoch} steps/epoch, "
         f"steps {step} -> {total_steps}, run dir {run_dir}")
 
-    # SIGTERM (e.g. from a job scheduler) is handled like Ctrl-C: save, then exit
-    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM (a job scheduler) finish the current step, save, then exit; a second one aborts
+    stop = []
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        log(f"{signal.Signals(signum).name}: saving a checkpoint after this step (send again to abort)")
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     new_log = not os.path.exists(log_path)
     log_file = open(log_path, "a", newline="")
     writer = csv.writer(log_file)
@@ -385,7 +393,6 @@ def train(cfg, fresh=False):
     sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
     t_log, data_wait = time.time(), 0.0
     pbar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
-    interrupted = False
     try:
         netG.train()
         netD.train()
@@ -470,19 +477,24 @@ def train(cfg, fresh=False):
                 checkpoint()
             if step >= total_steps:
                 break
+            if stop:
+                checkpoint()
+                log(f"interrupted: saved {ckpt_path} at step {step}; run the same command again to resume")
+                raise KeyboardInterrupt
             t_data = time.time()
-    except KeyboardInterrupt:
-        interrupted = True
     finally:
         pbar.close()
         log_file.close()
-        signal.signal(signal.SIGTERM, previous_sigterm)
-    if interrupted:
-        checkpoint()
-        log(f"interrupted: saved {ckpt_path} at step {step}; run the same command again to resume")
-        raise KeyboardInterrupt
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
     log(f"done: step {step}, checkpoint {ckpt_path}")
     return step
+
+
+def _ignore_stop_signals(worker_id):
+    # data workers leave Ctrl-C / SIGTERM to the main process, which saves and then shuts them down
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def finite(loss, net=None):
