@@ -23,15 +23,18 @@ class SelfAttention(nn.Module):
         self.key = _sn(nn.Conv2d(channels, max(1, channels // 8), 1), use_sn)
         self.value = _sn(nn.Conv2d(channels, channels, 1), use_sn)
         self.gamma = nn.Parameter(torch.zeros(1))
+        self.max_map_elements = 2 ** 24  # per block of queries: 64 MB of float32 scores
 
     def forward(self, x):
         B, C, H, W = x.shape
         q = self.query(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, HW, C/8)
         k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)    # (B, 1, HW, C/8)
         v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, HW, C)
-        # SAGAN uses an unscaled dot product; the fused kernel never materialises the
-        # (HW, HW) attention map where a memory-efficient backend exists.
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)    # (B, 1, HW, C)
+        # SAGAN's unscaled dot product. The (HW, HW) attention map is computed for a block of
+        # queries at a time, so memory stays bounded on large photos (HW = 16384 at 1024 px).
+        chunk = max(1, self.max_map_elements // (B * H * W))
+        out = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + chunk], k, v, scale=1.0)
+                         for i in range(0, H * W, chunk)], dim=2)   # (B, 1, HW, C)
         out = out.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
         return self.gamma * out + x
 

@@ -66,3 +66,12 @@ def test_spectral_norm_switch(use_sn):
         assert sum(g_sn) == len(g_sn) - 1  # all but the final 2-channel output convolution
     else:
         assert not any(g_sn) and not any(d_sn)
+
+
+def test_attention_in_query_blocks_matches_one_block():
+    attn = SelfAttention(16)
+    attn.gamma.data.fill_(1.0)
+    x = torch.randn(2, 16, 8, 8)
+    whole = attn(x)
+    attn.max_map_elements = 2 * 64 * 5  # 5 queries per block, uneven split of 64 positions
+    assert torch.allclose(attn(x), whole, atol=1e-6)
