@@ -386,12 +386,13 @@ def train(cfg, fresh=False):
 
     # SIGTERM (e.g. from a job scheduler) is handled like Ctrl-C: save, then exit
     previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    new_log = not os.path.exists(log_path)
+    new_log = not os.path.exists(log_path) or os.path.getsize(log_path) == 0  # empty: killed before the header
     log_file = open(log_path, "a", newline="")
     writer = csv.writer(log_file)
     if new_log:
         writer.writerow(["step", "epoch", "loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1",
                          "loss_G_VGG", "bad_steps", "images_per_s", "data_wait_s"])
+        log_file.flush()
     names = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
     sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
     t_log, data_wait = time.time(), 0.0
