@@ -5,7 +5,9 @@ the same fixtures can be run through --infer, --eval and training data scans.
 """
 import io
 import os
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -39,6 +41,18 @@ def photo(w, h, seed=0):
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+def write_png16(path, rgb16):
+    """A 16-bit-per-channel RGB PNG, written by hand: Pillow can read these but not write them."""
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb16)  # filter 0 per row
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
 def _save(folder, name, img, **kw):
     path = os.path.join(folder, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -57,6 +71,8 @@ def make_good_inputs(folder):
     gray16 = (np.linspace(0, 65535, 40 * 30).reshape(30, 40)).astype(np.uint16)
     _save(folder, "gray16.png", Image.fromarray(gray16))
     made["gray16.png"] = (40, 30, False)
+    write_png16(os.path.join(folder, "rgb16.png"), photo(36, 30, 13).astype(np.uint16) * 257)
+    made["rgb16.png"] = (36, 30, False)
     pal = Image.fromarray(photo(30, 30, 3)).quantize(16)
     _save(folder, "palette_transparent.png", pal, transparency=0)
     made["palette_transparent.png"] = (30, 30, True)

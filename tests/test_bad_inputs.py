@@ -99,7 +99,7 @@ def test_scan_images_skips_bad_files_with_one_warning_each(tmp_path):
     for rel, reason in bad.items():
         assert sum(str(tmp_path / rel) in w and reason in w for w in warnings) == 1, (rel, warnings)
     assert n_gray == 2  # the 16-bit and the LA png are gray: left out of training, not errors
-    assert len(good) == 9
+    assert len(good) == 10
 
 
 # -----------------------------------------------------------------------------
