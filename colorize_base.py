@@ -199,6 +199,8 @@ def save_checkpoint(obj, path):
 
 def load_checkpoint(path):
     """Read a checkpoint or exported model without running code from it (weights_only=True)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a weights file (pass --weights FILE)")
     if not os.path.isfile(path):
         raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)")
     try:
@@ -224,8 +226,9 @@ def load_generator(path, device):
         state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}
         netG.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
         raise UserError(f"{path}: weights do not fit the network its constants describe "
-                        f"(incompatible configuration): {(str(e).strip() or type(e).__name__).splitlines()[0]}") from None
+                        f"(incompatible configuration): {first}") from None
     return netG.to(device).eval().requires_grad_(False), cfg
 
 
