@@ -206,9 +206,8 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere inside the unpickler (KeyError, UnpicklingError...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{path}: not a readable checkpoint (truncated or not made by this tool): "
-                        f"{type(e).__name__} {first}") from None
+        raise UserError(f"{path}: not a readable checkpoint (truncated, damaged or not made by this tool): "
+                        f"{short_reason(e)}") from None
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), dict) and isinstance(ckpt.get("netG_ema"), dict)):
         raise UserError(f"{path}: not a checkpoint of this tool (no 'cfg' / 'netG_ema' entries)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
@@ -226,10 +225,18 @@ def load_generator(path, device):
         state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}
         netG.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        first = (str(e).strip() or type(e).__name__).splitlines()[0]
         raise UserError(f"{path}: weights do not fit the network its constants describe "
-                        f"(incompatible configuration): {first}") from None
+                        f"(incompatible configuration): {short_reason(e)}") from None
     return netG.to(device).eval().requires_grad_(False), cfg
+
+
+def short_reason(error, width=150):
+    """The informative line of a library error, cut to one short line (the whole story is in --debug)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]  # load_state_dict: the first mismatch says more than the heading
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def export(cfg):
