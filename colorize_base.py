@@ -144,7 +144,7 @@ def check_config(cfg):
         raise UserError(f"--image-size must be a positive multiple of 2**N_DOWNS = {m}, got {cfg['IMAGE_SIZE']} "
                         f"(or lower --n-downs)")
     for name in ("BATCH_SIZE", "EPOCHS", "NGF", "NDF", "NUM_D", "N_LAYERS_D", "RENDER_SIZE", "SAVE_EVERY",
-                 "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS"):
+                 "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS", "MAX_BAD_STEPS"):
         if cfg[name] <= 0:
             raise UserError(f"--{name.lower().replace('_', '-')} must be positive, got {cfg[name]}")
     if cfg["GAN_MODE"] not in ("hinge", "lsgan", "vanilla"):
@@ -316,7 +316,7 @@ def train(cfg, fresh=False):
 
     device = pick_device(cfg)
     run_dir = cfg["RUN_DIR"]
-    os.makedirs(run_dir, exist_ok=True)
+    lock = lock_run_dir(run_dir)  # noqa: F841 (held until train returns)
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     log_path = os.path.join(run_dir, "log.csv")
     torch.manual_seed(cfg["SEED"])
@@ -515,6 +515,25 @@ def finite(loss, net=None):
         if grads:
             checks.append(torch.stack(torch._foreach_norm(grads)).float())
     return bool(torch.isfinite(torch.cat(checks)).all())
+
+
+def lock_run_dir(run_dir):
+    """Create run_dir and hold an exclusive lock on it, so a second run there stops with a message
+    instead of both writing one checkpoint. The OS drops the lock when the process dies, even by kill -9."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = open(os.path.join(run_dir, "lock"), "w")
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        import fcntl  # POSIX only; elsewhere runs are not locked
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        pass
+    except OSError:
+        lock.close()
+        raise UserError(f"{run_dir} is in use by another training run; wait for it to end or use another --run-dir")
+    return lock
 
 
 def remove_stale_temporaries(run_dir, log):

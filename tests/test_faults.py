@@ -239,3 +239,18 @@ def test_unusable_checkpoint_in_run_dir_is_named(tmp_path):
     (run_dir / "checkpoint.pt").write_bytes(b"\x00" * 100)
     with pytest.raises(cb.UserError, match=f"{run_dir / 'checkpoint.pt'}: not a readable checkpoint"):
         cb.train(tiny_cfg(make_photos(tmp_path / "data"), run_dir, 2))
+
+
+def test_second_run_in_the_same_run_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    held = cb.lock_run_dir(str(run_dir))  # as if another training run were using it
+    with pytest.raises(cb.UserError, match=f"{run_dir} is in use by another training run"):
+        cb.train(tiny_cfg(make_photos(tmp_path / "data"), run_dir, 2))
+    held.close()
+    assert cb.train(tiny_cfg(tmp_path / "data", run_dir, 2)) == 2
+
+
+def test_validation_folder_without_usable_images_is_a_plain_error(tmp_path):
+    make_bad_inputs(str(tmp_path / "val"))
+    with pytest.raises(cb.UserError, match=f"--val-dir {tmp_path / 'val'}: no usable colour images"):
+        cb.train(tiny_cfg(make_photos(tmp_path / "data"), tmp_path / "run", 2, "--val-dir", str(tmp_path / "val")))
