@@ -138,7 +138,7 @@ def load_image(path, max_pixels=100_000_000):
     except Image.DecompressionBombError:  # Pillow's own guard, which fires before ours above its limit
         raise BadImageError(f"{path}: refused as a possible decompression bomb: over Pillow's limit of "
                             f"{2 * Image.MAX_IMAGE_PIXELS} pixels (--max-pixels is {max_pixels})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+    except Exception as e:  # decoders of damaged files raise all sorts (OSError, SyntaxError, struct.error...)
         raise BadImageError(f"{path}: {_plain_reason(path, e)}") from None
     return rgb, alpha
 
@@ -155,6 +155,8 @@ def _plain_reason(path, error):
         return "file is truncated or damaged (the image data ends early)"
     if isinstance(error, PermissionError):
         return "permission denied"
+    if isinstance(error, MemoryError):
+        return "too large to decode in the memory available (lower --max-pixels)"
     return f"not a readable image ({error})"
 
 

@@ -239,3 +239,13 @@ def test_cli_bad_weights_message_has_no_traceback_unless_debug(tmp_path, weights
     assert rc == 2 and err.startswith(f"error: {bad}: not a readable checkpoint") and "Traceback" not in err
     rc, _, err = run_cli(*args, "--debug")
     assert rc != 0 and "Traceback" in err
+
+
+def test_any_decoder_failure_becomes_a_named_bad_image(tmp_path, monkeypatch):
+    Image.fromarray(photo(8, 8)).save(tmp_path / "x.png")
+
+    def broken_load(self):
+        raise IndexError("list index out of range")  # what a damaged file can make a decoder do
+    monkeypatch.setattr(Image.Image, "load", broken_load)
+    with pytest.raises(BadImageError, match=r"x.png: not a readable image \(list index out of range\)"):
+        load_image(str(tmp_path / "x.png"))
