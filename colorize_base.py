@@ -364,7 +364,7 @@ def train(cfg, fresh=False):
             torch.set_rng_state(ckpt["rng"]["torch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{ckpt_path}: cannot resume from it (not a full training checkpoint: "
-                            f"{type(e).__name__} {e}); use another --run-dir or --fresh") from None
+                            f"{short_reason(e)}); use another --run-dir or --fresh") from None
         bad_total = ckpt.get("bad_steps", 0)
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)

@@ -254,3 +254,12 @@ def test_validation_folder_without_usable_images_is_a_plain_error(tmp_path):
     make_bad_inputs(str(tmp_path / "val"))
     with pytest.raises(cb.UserError, match=f"--val-dir {tmp_path / 'val'}: no usable colour images"):
         cb.train(tiny_cfg(make_photos(tmp_path / "data"), tmp_path / "run", 2, "--val-dir", str(tmp_path / "val")))
+
+
+def test_exported_model_in_run_dir_is_not_resumed_from(tmp_path):
+    data, run_dir = make_photos(tmp_path / "data"), tmp_path / "run"
+    cfg = tiny_cfg(data, run_dir, 2)
+    run_dir.mkdir()
+    cb.save_checkpoint({"format_version": cb.FORMAT_VERSION, "cfg": cfg, "netG_ema": {}}, str(run_dir / "checkpoint.pt"))
+    with pytest.raises(cb.UserError, match=r"cannot resume from it \(not a full training checkpoint: KeyError"):
+        cb.train(cfg)
