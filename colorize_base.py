@@ -10,7 +10,6 @@ import argparse
 import copy
 import csv
 import os
-import pickle
 import signal
 import sys
 import time
@@ -145,7 +144,7 @@ def check_config(cfg):
         raise UserError(f"--image-size must be a positive multiple of 2**N_DOWNS = {m}, got {cfg['IMAGE_SIZE']} "
                         f"(or lower --n-downs)")
     for name in ("BATCH_SIZE", "EPOCHS", "NGF", "NDF", "NUM_D", "N_LAYERS_D", "RENDER_SIZE", "SAVE_EVERY",
-                 "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS"):
+                 "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS", "MAX_BAD_STEPS"):
         if cfg[name] <= 0:
             raise UserError(f"--{name.lower().replace('_', '-')} must be positive, got {cfg[name]}")
     if cfg["GAN_MODE"] not in ("hinge", "lsgan", "vanilla"):
@@ -200,14 +199,16 @@ def save_checkpoint(obj, path):
 
 def load_checkpoint(path):
     """Read a checkpoint or exported model without running code from it (weights_only=True)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a weights file (pass --weights FILE)")
     if not os.path.isfile(path):
         raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable checkpoint (truncated or not made by this tool): {first}") from None
-    if not isinstance(ckpt, dict) or "cfg" not in ckpt or "netG_ema" not in ckpt:
+    except Exception as e:  # a damaged file can fail anywhere inside the unpickler (KeyError, UnpicklingError...)
+        raise UserError(f"{path}: not a readable checkpoint (truncated, damaged or not made by this tool): "
+                        f"{short_reason(e)}") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), dict) and isinstance(ckpt.get("netG_ema"), dict)):
         raise UserError(f"{path}: not a checkpoint of this tool (no 'cfg' / 'netG_ema' entries)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this code "
@@ -219,14 +220,23 @@ def load_generator(path, device):
     """The EMA generator stored in a checkpoint, rebuilt from the constants saved with it, in eval mode."""
     ckpt = load_checkpoint(path)
     cfg = {**CONSTANTS, **ckpt["cfg"]}
-    netG = build_generator(cfg)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}
     try:
+        netG = build_generator(cfg)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}
         netG.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: weights do not fit the network its constants describe "
-                        f"(incompatible configuration): {str(e).splitlines()[0]}") from None
+                        f"(incompatible configuration): {short_reason(e)}") from None
     return netG.to(device).eval().requires_grad_(False), cfg
+
+
+def short_reason(error, width=150):
+    """The informative line of a library error, cut to one short line (the whole story is in --debug)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]  # load_state_dict: the first mismatch says more than the heading
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def export(cfg):
@@ -269,10 +279,16 @@ class EpochSampler:
 
 def split_files(cfg, log):
     """Colour photos to train on, and the fixed held-out ones for the sample grids."""
-    train_files, n_bad, n_gray = scan_images(cfg["DATA_DIR"].split(","), cfg["MAX_PIXELS"], log)
+    try:
+        train_files, n_bad, n_gray = scan_images(cfg["DATA_DIR"].split(","), cfg["MAX_PIXELS"], log)
+    except FileNotFoundError as e:
+        raise UserError(f"--data: {e}") from None
     log(f"data: {len(train_files)} colour images, {n_gray} grayscale left out, {n_bad} unreadable skipped")
     if cfg["VAL_DIR"] and os.path.exists(cfg["VAL_DIR"]):
         val_files, _, _ = scan_images([cfg["VAL_DIR"]], cfg["MAX_PIXELS"], log)
+        if not val_files:
+            raise UserError(f"--val-dir {cfg['VAL_DIR']}: no usable colour images (pass --val-dir \"\" to hold "
+                            f"out some training images instead)")
     else:  # hold out an evenly spaced few
         stride = max(2, len(train_files) // cfg["NUM_SAMPLES"])
         val_files = train_files[::stride][: cfg["NUM_SAMPLES"]]
@@ -300,7 +316,7 @@ def train(cfg, fresh=False):
 
     device = pick_device(cfg)
     run_dir = cfg["RUN_DIR"]
-    os.makedirs(run_dir, exist_ok=True)
+    lock = lock_run_dir(run_dir)  # noqa: F841 (held until train returns)
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     log_path = os.path.join(run_dir, "log.csv")
     torch.manual_seed(cfg["SEED"])
@@ -330,21 +346,26 @@ def train(cfg, fresh=False):
     vgg = VGGLoss(cfg["VGG_WEIGHTS"]).to(device) if cfg["LAMBDA_VGG"] > 0 else None
 
     step, epoch, batch_in_epoch, bad_total = 0, 0, 0, 0
+    remove_stale_temporaries(run_dir, log)
     if os.path.exists(ckpt_path) and not fresh:
         ckpt = load_checkpoint(ckpt_path)
         changed = [f"{k}={ckpt['cfg'].get(k)!r} (now {cfg[k]!r})" for k in ARCH_KEYS if ckpt["cfg"].get(k) != cfg[k]]
         if changed:
             raise UserError(f"{ckpt_path} was trained with a different network: {', '.join(changed)}; "
                             f"use the same constants, another --run-dir, or --fresh")
-        netG.load_state_dict(ckpt["netG"])
-        netD.load_state_dict(ckpt["netD"])
-        netG_ema.load_state_dict(ckpt["netG_ema"])
-        optG.load_state_dict(ckpt["optG"])
-        optD.load_state_dict(ckpt["optD"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        try:
+            netG.load_state_dict(ckpt["netG"])
+            netD.load_state_dict(ckpt["netD"])
+            netG_ema.load_state_dict(ckpt["netG_ema"])
+            optG.load_state_dict(ckpt["optG"])
+            optD.load_state_dict(ckpt["optD"])
+            scaler.load_state_dict(ckpt["scaler"])
+            step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"{ckpt_path}: cannot resume from it (not a full training checkpoint: "
+                            f"{short_reason(e)}); use another --run-dir or --fresh") from None
         bad_total = ckpt.get("bad_steps", 0)
-        torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         log(f"resumed from {ckpt_path} at step {step} (epoch {epoch})")
@@ -383,12 +404,13 @@ def train(cfg, fresh=False):
         log(f"{signal.Signals(signum).name}: saving a checkpoint after this step (send again to abort)")
 
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    new_log = not os.path.exists(log_path)
+    new_log = not os.path.exists(log_path) or os.path.getsize(log_path) == 0  # empty: killed before the header
     log_file = open(log_path, "a", newline="")
     writer = csv.writer(log_file)
     if new_log:
         writer.writerow(["step", "epoch", "loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1",
                          "loss_G_VGG", "bad_steps", "images_per_s", "data_wait_s"])
+        log_file.flush()
     names = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
     sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
     t_log, data_wait = time.time(), 0.0
@@ -507,16 +529,46 @@ def finite(loss, net=None):
     return bool(torch.isfinite(torch.cat(checks)).all())
 
 
+def lock_run_dir(run_dir):
+    """Create run_dir and hold an exclusive lock on it, so a second run there stops with a message
+    instead of both writing one checkpoint. The OS drops the lock when the process dies, even by kill -9."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = open(os.path.join(run_dir, "lock"), "w")
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        import fcntl  # POSIX only; elsewhere runs are not locked
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        pass
+    except OSError:
+        lock.close()
+        raise UserError(f"{run_dir} is in use by another training run; wait for it to end or use another --run-dir")
+    return lock
+
+
+def remove_stale_temporaries(run_dir, log):
+    """Delete the temporary files of saves that were killed before their rename (one run per run dir)."""
+    for f in sorted(os.listdir(run_dir)):
+        if f.startswith(("checkpoint.pt.tmp", "log.csv.tmp")):
+            os.remove(os.path.join(run_dir, f))
+            log(f"removed {os.path.join(run_dir, f)}, left by a save that did not finish")
+
+
 def trim_log(path, step):
-    """Drop log rows written after the checkpoint we resume from, so the CSV matches the run."""
+    """Drop log rows written after the checkpoint we resume from (and a row cut short by a kill),
+    so the CSV matches the run. Rewritten atomically: a kill here loses nothing."""
     if not os.path.exists(path):
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    kept = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= step]
     if len(kept) != len(rows):
-        with open(path, "w", newline="") as f:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
+        os.replace(tmp, path)
 
 
 # -----------------------------------------------------------------------------
@@ -546,7 +598,7 @@ def output_paths(inputs, files, out_dir):
     """Output path for each file: folders are mirrored under out_dir so equal names never collide,
     a file is never written over its input, and two inputs never share an output."""
     roots = [os.path.abspath(p) for p in inputs if os.path.isdir(p)]
-    taken, result = set(), {}
+    taken, result = {os.path.abspath(f) for f in files}, {}
     for f in files:
         af = os.path.abspath(f)
         root = next((r for r in roots if af.startswith(r + os.sep)), None)
@@ -554,7 +606,7 @@ def output_paths(inputs, files, out_dir):
         stem = os.path.splitext(os.path.basename(f))[0]
         out = os.path.normpath(os.path.join(out_dir, rel, stem + ".png"))
         n = 1
-        while out in taken or out == af:
+        while out in taken:
             out = os.path.normpath(os.path.join(out_dir, rel, f"{stem}_{n}.png"))
             n += 1
         taken.add(out)
@@ -571,14 +623,14 @@ def infer(cfg, inputs, debug=False):
     for p in inputs:  # a missing input is reported, the others still run
         try:
             files += find_images([p])
-        except FileNotFoundError as e:
-            failed.append((p, str(e)))
+        except FileNotFoundError:
+            failed.append((p, "no such file, folder or pattern"))
     files = sorted(set(files))
     out_dir = cfg["OUT_DIR"]
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+        raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
     targets = output_paths(inputs, files, out_dir)
     n_ok = 0
     for f in tqdm(files, desc="colorize", unit="img", dynamic_ncols=True):
@@ -588,19 +640,33 @@ def infer(cfg, inputs, debug=False):
             img = np.round(out * 255).astype(np.uint8)
             if alpha is not None:
                 img = np.concatenate([img, np.round(alpha * 255).astype(np.uint8)[..., None]], axis=2)
-            os.makedirs(os.path.dirname(targets[f]), exist_ok=True)
-            Image.fromarray(img).save(targets[f])
+            write_png(img, targets[f])
             n_ok += 1
         except BadImageError as e:
             failed.append((f, str(e).removeprefix(f + ": ")))
         except Exception as e:  # keep going: one bad file must not end a batch of thousands
             if debug:
                 raise
-            failed.append((f, f"{type(e).__name__}: {e}"))
+            failed.append((f, f"unexpected error {type(e).__name__}: {e} (run with --debug for details)"))
     print(f"colorized {n_ok} of {n_ok + len(failed)} files into {out_dir}")
+    if failed:
+        print(f"{len(failed)} failed:", file=sys.stderr)
     for f, why in failed:
         print(f"failed: {f}: {why}", file=sys.stderr)
     return len(failed)
+
+
+def write_png(img, path):
+    """Save a uint8 (H, W, 3 or 4) array as PNG via a temporary file, so a kill never leaves half an image."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(img).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise BadImageError(f"{path}: cannot write the output: {e.strerror or e}") from None
 
 
 # -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-IMG_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMG_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 class BadImageError(ValueError):
@@ -105,14 +105,15 @@ def load_image(path, max_pixels=100_000_000):
     """Read any common image file as float RGB in [0, 1], shape (H, W, 3), plus alpha (H, W) or None.
 
     EXIF orientation is applied; 16-bit, palette, CMYK, LA/RGBA and grayscale inputs are handled;
-    an animated file gives its first frame. Raises BadImageError with a plain reason.
+    an animated file gives its first frame; any size from 1x1 up to max_pixels is accepted.
+    Raises BadImageError naming the file, with a plain reason.
     """
     try:
         with Image.open(path) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise BadImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
-                                    f"(raise MAX_PIXELS if you trust this file)")
+                                    f"(raise --max-pixels if you trust this file)")
             img.seek(0)
             img = ImageOps.exif_transpose(img)
             img.load()
@@ -134,15 +135,29 @@ def load_image(path, max_pixels=100_000_000):
         raise
     except FileNotFoundError:
         raise BadImageError(f"{path}: file does not exist") from None
-    except Image.DecompressionBombError as e:
-        raise BadImageError(f"{path}: refused as a possible decompression bomb ({e})") from None
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError, EOFError) as e:
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise BadImageError(f"{path}: file is empty (0 bytes)") from None
-        raise BadImageError(f"{path}: not a readable image ({e})") from None
-    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
-        raise BadImageError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} pixels; at least 2x2 is needed")
+    except Image.DecompressionBombError:  # Pillow's own guard, which fires before ours above its limit
+        raise BadImageError(f"{path}: refused as a possible decompression bomb: over Pillow's limit of "
+                            f"{2 * Image.MAX_IMAGE_PIXELS} pixels (--max-pixels is {max_pixels})") from None
+    except Exception as e:  # decoders of damaged files raise all sorts (OSError, SyntaxError, struct.error...)
+        raise BadImageError(f"{path}: {_plain_reason(path, e)}") from None
     return rgb, alpha
+
+
+def _plain_reason(path, error):
+    """What went wrong reading an image file, in words a user can act on."""
+    if os.path.isdir(path):
+        return "is a folder, not an image file"
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "file is empty (0 bytes)"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image file (or a format this tool cannot read)"
+    if "truncated" in str(error) or isinstance(error, EOFError):
+        return "file is truncated or damaged (the image data ends early)"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, MemoryError):
+        return "too large to decode in the memory available (lower --max-pixels)"
+    return f"not a readable image ({error})"
 
 
 def is_grayscale(rgb, tol=2 / 255):
