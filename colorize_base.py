@@ -295,6 +295,54 @@ def save_sample_grid(netG_ema, sample_rgb, path, device):
     save_image(rows.cpu(), path, nrow=3, padding=2, pad_value=1.0)
 
 
+LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
+
+
+def train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg=None):
+    """One GAN step: D on a detached fake, then G with D frozen; each optimizer steps only when its
+    loss and gradients are finite. Returns (ok, losses): ok is False when the step was skipped,
+    losses a detached tensor in LOSS_NAMES order."""
+    real_AB = torch.cat([real_A, real_B], dim=1)
+
+    # D step, on a detached fake
+    netD.requires_grad_(True)
+    with amp:
+        fake_B = netG(real_A)
+        pred_fake = netD(torch.cat([real_A, fake_B.detach()], dim=1))
+        pred_real = netD(real_AB)
+        loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
+        loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
+        loss_D = 0.5 * (loss_D_fake + loss_D_real)
+    optD.zero_grad(set_to_none=True)
+    scaler.scale(loss_D).backward()
+    ok = finite(loss_D, None if scaler.is_enabled() else netD)
+    if ok:
+        scaler.step(optD)
+
+    # G step, with D frozen
+    netD.requires_grad_(False)
+    with amp:
+        pred_fake = netD(torch.cat([real_A, fake_B], dim=1))
+        with torch.no_grad():
+            pred_real = netD(real_AB)  # features of the D that was just updated
+        loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
+        loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
+        loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
+        loss_G_VGG = torch.zeros((), device=real_A.device)
+        if vgg is not None:
+            loss_G_VGG = vgg(lab_to_rgb(net_to_lab(real_A, fake_B.float())),
+                             lab_to_rgb(net_to_lab(real_A, real_B))) * cfg["LAMBDA_VGG"]
+        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG
+    optG.zero_grad(set_to_none=True)
+    if ok:
+        scaler.scale(loss_G).backward()
+        ok = finite(loss_G, None if scaler.is_enabled() else netG)
+    if ok:
+        scaler.step(optG)
+    scaler.update()
+    return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG]).detach()
+
+
 def train(cfg, fresh=False):
     """Train the GAN; resumes from RUN_DIR/checkpoint.pt unless fresh. Returns the final step."""
 
@@ -381,7 +429,7 @@ def train(cfg, fresh=False):
     if new_log:
         writer.writerow(["step", "epoch", "loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1",
                          "loss_G_VGG", "bad_steps", "images_per_s", "data_wait_s"])
-    names = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
+    names = LOSS_NAMES
     sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
     t_log, data_wait = time.time(), 0.0
     pbar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
@@ -393,44 +441,7 @@ def train(cfg, fresh=False):
         for batch in loader:
             data_wait += time.time() - t_data
             real_A, real_B = to_net_input(batch, device)
-            real_AB = torch.cat([real_A, real_B], dim=1)
-
-            # D step, on a detached fake
-            netD.requires_grad_(True)
-            with amp:
-                fake_B = netG(real_A)
-                pred_fake = netD(torch.cat([real_A, fake_B.detach()], dim=1))
-                pred_real = netD(real_AB)
-                loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
-                loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
-                loss_D = 0.5 * (loss_D_fake + loss_D_real)
-            optD.zero_grad(set_to_none=True)
-            scaler.scale(loss_D).backward()
-            ok = finite(loss_D, None if use_scaler else netD)
-            if ok:
-                scaler.step(optD)
-
-            # G step, with D frozen
-            netD.requires_grad_(False)
-            with amp:
-                pred_fake = netD(torch.cat([real_A, fake_B], dim=1))
-                with torch.no_grad():
-                    pred_real = netD(real_AB)  # features of the D that was just updated
-                loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
-                loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
-                loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
-                loss_G_VGG = torch.zeros((), device=device)
-                if vgg is not None:
-                    loss_G_VGG = vgg(lab_to_rgb(net_to_lab(real_A, fake_B.float())),
-                                     lab_to_rgb(net_to_lab(real_A, real_B))) * cfg["LAMBDA_VGG"]
-                loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG
-            optG.zero_grad(set_to_none=True)
-            if ok:
-                scaler.scale(loss_G).backward()
-                ok = finite(loss_G, None if use_scaler else netG)
-            if ok:
-                scaler.step(optG)
-            scaler.update()
+            ok, losses = train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg)
 
             batch_in_epoch += 1
             if batch_in_epoch == steps_per_epoch:
@@ -450,8 +461,7 @@ def train(cfg, fresh=False):
             step += 1
             update_ema(netG_ema, netG, min(cfg["EMA_DECAY"], (1 + step) / (10 + step)))
 
-            values = torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1,
-                                  loss_G_VGG]).detach().float().cpu()
+            values = losses.float().cpu()
             sums += values
             n_sum += 1
             pbar.update(1)
