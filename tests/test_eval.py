@@ -1,7 +1,6 @@
 """--eval end to end through the real command line, on tiny generated images and a tiny generator."""
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
