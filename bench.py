@@ -49,7 +49,8 @@ def machine_info(device):
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": None, "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+            "gpu": None, "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}  # other work competing
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu"] = f"{props.name}, {props.total_memory / GB:.0f} GB"
@@ -262,7 +263,7 @@ def format_report(report):
     peak = mm["flops_per_s"]
     mem = "peak RSS GB" if m["device"] == "cpu" else "max alloc GB"
     lines = [f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), {gpu}; "
-             f"torch {m['torch']}, device {m['device']}",
+             f"torch {m['torch']}, device {m['device']}, load average {m['load_avg_1min']:.1f} at start",
              f"model: {report['model']}",
              f"matmul: {peak / 1e9:.1f} GFLOP/s ({mm['dtype']}, {mm['n']}x{mm['n']} torch.mm, best of {mm['repeats']})",
              "",
@@ -314,6 +315,9 @@ def build_parser():
     p.add_argument("--ngf", type=int, default=cb.CONSTANTS["NGF"], help="generator width")
     p.add_argument("--ndf", type=int, default=cb.CONSTANTS["NDF"], help="discriminator width")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch; 0 = torch's default. On a machine busy with other work, "
+                        "threads beyond the free cores make every step much slower")
     p.add_argument("--no-isolate", action="store_true",
                    help="on CPU, run every configuration in this process (faster; peak RSS then only grows)")
     p.add_argument("--out", default=os.path.join(cb.HERE, "results", "bench.json"), help="JSON report path")
@@ -352,6 +356,9 @@ def main(argv=None):
     if bad:
         print(f"error: --sizes must be multiples of 2**N_DOWNS = {2 ** cfg['N_DOWNS']}, got {bad}", file=sys.stderr)
         return 2
+    if args.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the benchmark processes started below
+        torch.set_num_threads(args.threads)
     files, data_note = resolve_data(args.data)
     isolate = device.type == "cpu" and not args.no_isolate
     dtype = compute_dtype(device, cfg)
