@@ -263,7 +263,8 @@ def format_report(report):
     peak = mm["flops_per_s"]
     mem = "peak RSS GB" if m["device"] == "cpu" else "max alloc GB"
     lines = [f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), {gpu}; "
-             f"torch {m['torch']}, device {m['device']}, load average {m['load_avg_1min']:.1f} at start",
+             f"torch {m['torch']}, device {m['device']}"
+             + (f", load average {m['load_avg_1min']:.1f} at start" if m["load_avg_1min"] is not None else ""),
              f"model: {report['model']}",
              f"matmul: {peak / 1e9:.1f} GFLOP/s ({mm['dtype']}, {mm['n']}x{mm['n']} torch.mm, best of {mm['repeats']})",
              "",
