@@ -2,6 +2,7 @@
 
     python colorize_base.py --train [--data DIR] [--steps N] ...   train (resumes in RUN_DIR)
     python colorize_base.py --infer img.jpg folder/ "scans/*.tif"   colorize into OUT_DIR
+    python colorize_base.py --eval photos/ [--eval-size 256]        quality metrics into EVAL_DIR
 
 Every constant below can be overridden by name on the command line:
 IMAGE_SIZE -> --image-size 128 (short forms: --size, --data, --steps).
@@ -9,6 +10,7 @@ IMAGE_SIZE -> --image-size 128 (short forms: --size, --data, --steps).
 import argparse
 import copy
 import csv
+import json
 import os
 import signal
 import sys
@@ -18,13 +20,15 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
+from torchvision.transforms import v2
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from data import (BadImageError, ColorizationDataset, find_images, lab_to_net, lab_to_rgb, load_image,
-                  net_to_lab, resize_long_side, rgb_to_lab, scan_images, to_net_input)
+from data import (IMG_EXTENSIONS, BadImageError, ColorizationDataset, find_images, is_grayscale, lab_to_net,
+                  lab_to_rgb, load_image, net_to_lab, resize_long_side, rgb_to_lab, scan_images, to_net_input)
 from losses import VGGLoss, feature_matching_loss, gan_loss, l1_loss
+from metrics import colorfulness, colorfulness_gap, image_metrics
 from models import build_discriminator, build_generator
 
 # -----------------------------------------------------------------------------
@@ -34,6 +38,7 @@ VAL_DIR = "../shared/datasets/bsds500/test"  # held-out photos for the sample gr
 RUN_DIR = "runs/default"            # checkpoint.pt, log.csv and samples/ of a training run
 WEIGHTS = "weights/colorizer_bsds500.pt"  # generator used by --infer: an exported model or a run's checkpoint.pt
 OUT_DIR = "results/colorized"       # where --infer writes <stem>.png
+EVAL_DIR = "results/eval"           # where --eval writes metrics.csv, summary.json and sheet.png (--out overrides)
 IMAGE_SIZE = 128                    # 128 or 256; training crop, pixels (a multiple of 2**N_DOWNS)
 BATCH_SIZE = 16                     # images per step
 EPOCHS = 200                        # passes over the training set
@@ -62,6 +67,7 @@ LOG_EVERY = 25                      # CSV log interval, generator steps
 NUM_SAMPLES = 8                     # held-out images in each sample grid
 MAX_BAD_STEPS = 20                  # stop after this many consecutive steps with a non-finite loss or gradient
 RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
+EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
 MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
 NUM_WORKERS = 2                     # data-loading processes; 0 loads in the main process
 AMP = "bf16"                        # CUDA mixed precision: bf16, fp16 or off (CPU always runs float32)
@@ -71,7 +77,7 @@ DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or c
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARCH_KEYS = ("NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT", "NDF", "N_LAYERS_D", "NUM_D")
-PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "OUT_DIR", "VGG_WEIGHTS")
+PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
 FORMAT_VERSION = 1
 
@@ -107,6 +113,8 @@ def build_parser():
     mode.add_argument("--train", action="store_true", help="train (resumes from RUN_DIR/checkpoint.pt)")
     mode.add_argument("--infer", nargs="+", metavar="PATH", help="colorize files, folders or globs")
     mode.add_argument("--export", metavar="FILE", help="write the EMA generator of --weights as a small float16 file")
+    mode.add_argument("--eval", metavar="DIR", help="colorize the gray version of every colour photo in DIR and score "
+                                                    "it against the photo, beside a gray baseline (into EVAL_DIR or --out)")
     p.add_argument("--fresh", action="store_true", help="with --train: start over, ignoring a checkpoint in RUN_DIR")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     for name, default in CONSTANTS.items():
@@ -155,6 +163,8 @@ def check_config(cfg):
         raise UserError(f"--ema-decay must be in [0, 1), got {cfg['EMA_DECAY']}")
     if not 0 <= cfg["DROPOUT"] < 1:
         raise UserError(f"--dropout must be in [0, 1), got {cfg['DROPOUT']}")
+    if cfg["EVAL_SIZE"] < 0:
+        raise UserError(f"--eval-size must be 0 (full image) or a size in pixels, got {cfg['EVAL_SIZE']}")
 
 
 def pick_device(cfg):
@@ -311,6 +321,54 @@ def save_sample_grid(netG_ema, sample_rgb, path, device):
     save_image(rows.cpu(), path, nrow=3, padding=2, pad_value=1.0)
 
 
+LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
+
+
+def train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg=None):
+    """One GAN step: D on a detached fake, then G with D frozen; each optimizer steps only when its
+    loss and gradients are finite. Returns (ok, losses): ok is False when the step was skipped,
+    losses a detached tensor in LOSS_NAMES order."""
+    real_AB = torch.cat([real_A, real_B], dim=1)
+
+    # D step, on a detached fake
+    netD.requires_grad_(True)
+    with amp:
+        fake_B = netG(real_A)
+        pred_fake = netD(torch.cat([real_A, fake_B.detach()], dim=1))
+        pred_real = netD(real_AB)
+        loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
+        loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
+        loss_D = 0.5 * (loss_D_fake + loss_D_real)
+    optD.zero_grad(set_to_none=True)
+    scaler.scale(loss_D).backward()
+    ok = finite(loss_D, None if scaler.is_enabled() else netD)
+    if ok:
+        scaler.step(optD)
+
+    # G step, with D frozen
+    netD.requires_grad_(False)
+    with amp:
+        pred_fake = netD(torch.cat([real_A, fake_B], dim=1))
+        with torch.no_grad():
+            pred_real = netD(real_AB)  # features of the D that was just updated
+        loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
+        loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
+        loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
+        loss_G_VGG = torch.zeros((), device=real_A.device)
+        if vgg is not None:
+            loss_G_VGG = vgg(lab_to_rgb(net_to_lab(real_A, fake_B.float())),
+                             lab_to_rgb(net_to_lab(real_A, real_B))) * cfg["LAMBDA_VGG"]
+        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG
+    optG.zero_grad(set_to_none=True)
+    if ok:
+        scaler.scale(loss_G).backward()
+        ok = finite(loss_G, None if scaler.is_enabled() else netG)
+    if ok:
+        scaler.step(optG)
+    scaler.update()
+    return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG]).detach()
+
+
 def train(cfg, fresh=False):
     """Train the GAN; resumes from RUN_DIR/checkpoint.pt unless fresh. Returns the final step."""
 
@@ -408,10 +466,9 @@ def train(cfg, fresh=False):
     log_file = open(log_path, "a", newline="")
     writer = csv.writer(log_file)
     if new_log:
-        writer.writerow(["step", "epoch", "loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1",
-                         "loss_G_VGG", "bad_steps", "images_per_s", "data_wait_s"])
+        writer.writerow(["step", "epoch", *LOSS_NAMES, "bad_steps", "images_per_s", "data_wait_s"])
         log_file.flush()
-    names = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
+    names = LOSS_NAMES
     sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
     t_log, data_wait = time.time(), 0.0
     pbar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
@@ -422,44 +479,7 @@ def train(cfg, fresh=False):
         for batch in loader:
             data_wait += time.time() - t_data
             real_A, real_B = to_net_input(batch, device)
-            real_AB = torch.cat([real_A, real_B], dim=1)
-
-            # D step, on a detached fake
-            netD.requires_grad_(True)
-            with amp:
-                fake_B = netG(real_A)
-                pred_fake = netD(torch.cat([real_A, fake_B.detach()], dim=1))
-                pred_real = netD(real_AB)
-                loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
-                loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
-                loss_D = 0.5 * (loss_D_fake + loss_D_real)
-            optD.zero_grad(set_to_none=True)
-            scaler.scale(loss_D).backward()
-            ok = finite(loss_D, None if use_scaler else netD)
-            if ok:
-                scaler.step(optD)
-
-            # G step, with D frozen
-            netD.requires_grad_(False)
-            with amp:
-                pred_fake = netD(torch.cat([real_A, fake_B], dim=1))
-                with torch.no_grad():
-                    pred_real = netD(real_AB)  # features of the D that was just updated
-                loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
-                loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
-                loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
-                loss_G_VGG = torch.zeros((), device=device)
-                if vgg is not None:
-                    loss_G_VGG = vgg(lab_to_rgb(net_to_lab(real_A, fake_B.float())),
-                                     lab_to_rgb(net_to_lab(real_A, real_B))) * cfg["LAMBDA_VGG"]
-                loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG
-            optG.zero_grad(set_to_none=True)
-            if ok:
-                scaler.scale(loss_G).backward()
-                ok = finite(loss_G, None if use_scaler else netG)
-            if ok:
-                scaler.step(optG)
-            scaler.update()
+            ok, losses = train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg)
 
             batch_in_epoch += 1
             if batch_in_epoch == steps_per_epoch:
@@ -479,8 +499,7 @@ def train(cfg, fresh=False):
             step += 1
             update_ema(netG_ema, netG, min(cfg["EMA_DECAY"], (1 + step) / (10 + step)))
 
-            values = torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1,
-                                  loss_G_VGG]).detach().float().cpu()
+            values = losses.float().cpu()
             sums += values
             n_sum += 1
             pbar.update(1)
@@ -670,6 +689,156 @@ def write_png(img, path):
 
 
 # -----------------------------------------------------------------------------
+# Evaluation
+
+METRICS = ("psnr", "ssim", "ciede2000", "colorfulness")
+
+
+def to_8bit(rgb):
+    """Round float RGB to what an 8-bit file stores, so scores match the PNGs --infer writes."""
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.float32) / 255
+
+
+def gray_version(rgb):
+    """The photo without its colour (Lab a = b = 0) as an 8-bit image with R = G = B: the input a
+    user of --infer would have, and the gray baseline."""
+    lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    lab[:, 1:] = 0
+    gray = lab_to_rgb(lab)[0].mean(0)  # the channels differ only by rounding in the colour matrices
+    return to_8bit(gray[..., None].expand(-1, -1, 3).numpy())
+
+
+def center_square(rgb, size):
+    """Resize the shorter side to size (antialiased) and cut the central size x size square."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)
+    x = v2.functional.center_crop(v2.functional.resize(x, size, antialias=True), [size, size])
+    return to_8bit(x.permute(1, 2, 0).numpy())
+
+
+def save_comparison_sheet(panels, path, height=256):
+    """One row per image, gray | ours | truth, each scaled to the same height; white gaps."""
+    gap, rows = 4, []
+    for row in panels:
+        imgs = [Image.fromarray(np.round(p * 255).astype(np.uint8)) for p in row]
+        imgs = [im.resize((max(1, round(im.width * height / im.height)), height), Image.LANCZOS) for im in imgs]
+        rows.append(imgs)
+    width = max(sum(im.width for im in r) + gap * (len(r) - 1) for r in rows)
+    header = 16
+    sheet = Image.new("RGB", (width, header + len(rows) * (height + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (title, im) in enumerate(zip(("gray", "ours", "truth"), rows[0])):
+        draw.text((k * (im.width + gap) + 4, 2), title, fill="black")
+    for i, r in enumerate(rows):
+        x = 0
+        for im in r:
+            sheet.paste(im, (x, header + i * (height + gap)))
+            x += im.width + gap
+    sheet.save(path)
+
+
+def summarize(rows):
+    """Means over the colour images of each metric, for ours and the gray baseline, and the
+    colourfulness of each against the ground truth's (ratio and absolute difference of the means)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    summary = {"truth": {"colorfulness": float(np.mean([r["colorfulness_truth"] for r in ok]))}}
+    for method, suffix in (("ours", ""), ("gray", "_gray")):
+        means = {m: float(np.mean([r[m + suffix] for r in ok])) for m in METRICS}
+        ratio, diff = colorfulness_gap([r["colorfulness" + suffix] for r in ok], [r["colorfulness_truth"] for r in ok])
+        summary[method] = {**means, "colorfulness_ratio": ratio, "colorfulness_abs_diff": diff}
+    return summary
+
+
+def format_table(summary):
+    lines = [f"{'metric':38s}{'gray':>10s}{'ours':>10s}"]
+    for key, label, fmt in (("psnr", "PSNR, dB (higher is better)", ".2f"), ("ssim", "SSIM (higher is better)", ".4f"),
+                            ("ciede2000", "CIEDE2000 (lower is better)", ".2f"),
+                            ("colorfulness", f"colourfulness (truth {summary['truth']['colorfulness']:.2f})", ".2f"),
+                            ("colorfulness_ratio", "colourfulness / truth's (1 is best)", ".3f"),
+                            ("colorfulness_abs_diff", "|colourfulness - truth's| (lower)", ".2f")):
+        lines.append(f"{label:38s}{summary['gray'][key]:>10{fmt}}{summary['ours'][key]:>10{fmt}}")
+    return "\n".join(lines)
+
+
+def evaluate(cfg, data_dir, out_dir, debug=False):
+    """Score the colorizer on the colour photos under data_dir; returns the number of files that failed.
+
+    Each photo's gray version goes through colorize_image at RENDER_SIZE as with --infer, and is
+    compared with the photo, beside the gray version itself as a baseline. With EVAL_SIZE the photo
+    is first cut to an EVAL_SIZE square. Already-gray photos are listed and left out of the means.
+    Writes metrics.csv (one row per file), summary.json and sheet.png (gray | ours | truth for
+    NUM_SAMPLES evenly spaced files) into out_dir, and prints a table.
+    """
+    device = pick_device(cfg)
+    netG, _ = load_generator(cfg["WEIGHTS"], device)
+    try:
+        files = find_images([data_dir])
+    except FileNotFoundError as e:
+        raise UserError(f"--eval: {e}") from None
+    if not files:
+        raise UserError(f"--eval {data_dir}: no image files there (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    root = data_dir if os.path.isdir(data_dir) else os.path.dirname(data_dir)
+    sample = set(files[:: max(1, len(files) // cfg["NUM_SAMPLES"])][: cfg["NUM_SAMPLES"]])
+    rows, panels = [], []
+    for f in tqdm(files, desc="eval", unit="img", dynamic_ncols=True):
+        row = {"file": os.path.relpath(f, root), "status": "ok"}
+        try:
+            truth, _ = load_image(f, cfg["MAX_PIXELS"])
+            if cfg["EVAL_SIZE"]:
+                truth = center_square(truth, cfg["EVAL_SIZE"])
+            row["height"], row["width"] = truth.shape[:2]
+            if is_grayscale(truth):
+                rows.append({**row, "status": "gray"})
+                continue
+            gray = gray_version(truth)
+            ours = to_8bit(colorize_image(netG, gray, cfg["RENDER_SIZE"], device))
+            row.update(image_metrics(ours, truth))
+            row.update({k + "_gray": v for k, v in image_metrics(gray, truth).items()})
+            row["colorfulness_truth"] = colorfulness(truth)
+            if f in sample:
+                panels.append((gray, ours, truth))
+        except Exception as e:  # one bad file must not end the evaluation
+            if debug:
+                raise
+            why = str(e).removeprefix(f + ": ") if isinstance(e, BadImageError) else f"{type(e).__name__}: {e}"
+            row = {"file": row["file"], "status": "failed", "error": why}
+        rows.append(row)
+
+    columns = ["file", "status", "width", "height"] + list(METRICS) + [m + "_gray" for m in METRICS] \
+        + ["colorfulness_truth", "error"]
+    with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    gray_files = [r["file"] for r in rows if r["status"] == "gray"]
+    failed = [(r["file"], r["error"]) for r in rows if r["status"] == "failed"]
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    for f in gray_files:
+        print(f"gray, left out: {f}")
+    for f, why in failed:
+        print(f"failed: {f}: {why}", file=sys.stderr)
+    if not n_ok:
+        raise UserError(f"--eval {data_dir}: no colour photos could be scored "
+                        f"({len(gray_files)} gray, {len(failed)} failed)")
+    if panels:
+        save_comparison_sheet(panels, os.path.join(out_dir, "sheet.png"))
+    summary = {"data": os.path.abspath(data_dir), "weights": cfg["WEIGHTS"], "render_size": cfg["RENDER_SIZE"],
+               "eval_size": cfg["EVAL_SIZE"], "images": n_ok, "gray_left_out": gray_files,
+               "failed": [f for f, _ in failed], **summarize(rows)}
+    with open(os.path.join(out_dir, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    size = f"{cfg['EVAL_SIZE']} px centre squares" if cfg["EVAL_SIZE"] else "full size"
+    print(f"\n{n_ok} colour photos from {data_dir} at {size}, rendered at {cfg['RENDER_SIZE']} px; "
+          f"{len(gray_files)} gray left out, {len(failed)} failed")
+    print(format_table(summary))
+    print(f"wrote metrics.csv, summary.json and sheet.png to {out_dir}")
+    return len(failed)
+
+
+# -----------------------------------------------------------------------------
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -681,6 +850,9 @@ def main(argv=None):
             return 1 if infer(cfg, args.infer, debug=args.debug) else 0
         elif args.export:
             export({**cfg, "EXPORT": args.export})
+        elif args.eval:
+            out_dir = cfg["OUT_DIR"] if args.OUT_DIR is not None else cfg["EVAL_DIR"]
+            return 1 if evaluate(cfg, args.eval, out_dir, debug=args.debug) else 0
     except KeyboardInterrupt:
         return 130
     except UserError as e:

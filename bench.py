@@ -1,0 +1,398 @@
+"""Speed and memory of the colorizer, against what the hardware could do.
+
+    python bench.py                                    # a few minutes on a 2-core CPU
+    python bench.py --sizes 128,256 --batches 16,64 --steps 20 --mem-budget-gb 16
+
+Training: images/s of the full GAN step (colorize_base.train_step: G, the NUM_D discriminators, all
+losses, forward and backward, both optimizer steps, plus the EMA update), with the time spent waiting
+for the data loader reported separately. Inference: median latency of colorize_image, as --infer runs
+it, for square inputs of several sizes. Memory: peak process RSS on CPU (each training configuration
+in a fresh process, so peaks do not carry over), torch.cuda.max_memory_allocated on CUDA; the largest
+batch that fits a budget. The hardware limit: FLOPs of a step counted with FlopCounterMode, against
+the matrix-multiply FLOP/s measured in the same run. Prints one table and writes it as JSON.
+"""
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+import colorize_base as cb
+from data import ColorizationDataset, find_images, to_net_input
+from losses import VGGLoss
+from models import build_discriminator, build_generator
+
+DESIGN_DOC = {128: 150, 256: 25}  # images per batch the design document fits on a 16 GB GPU, by crop size
+GB = 1024 ** 3
+
+
+# -----------------------------------------------------------------------------
+# Machine
+
+def machine_info(device):
+    """CPU model, cores, GPU, torch version: the context every number below needs."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": None, "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}  # other work competing
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = f"{props.name}, {props.total_memory / GB:.0f} GB"
+    return info
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device):
+    """Peak bytes: allocated CUDA memory since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+def compute_dtype(device, cfg):
+    """The dtype the convolutions run in: the AMP dtype under CUDA autocast, else float32."""
+    if device.type != "cuda" or cfg["AMP"] == "off":
+        return torch.float32
+    return torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16
+
+
+def matmul_flops_per_s(device, dtype, n=2048, repeats=3):
+    """Best FLOP/s of an n x n torch.mm over a few runs after one warm-up: the practical peak."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def run_isolated(fn, *args):
+    """fn(*args) in a fresh process, so the peak RSS it measures is its own; returns its result."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(results, fn, args))
+    proc.start()
+    while True:
+        try:
+            ok, value = results.get(timeout=1)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"{fn.__name__}{args[1:4]}: the process died with exit code {proc.exitcode} "
+                                   f"(out of memory?)") from None
+    proc.join()
+    if not ok:
+        raise RuntimeError(f"{fn.__name__}{args[1:4]}: {value}")
+    return value
+
+
+def _child(results, fn, args):
+    try:
+        results.put((True, fn(*args)))
+    except Exception as e:  # reported by the parent, with the configuration that failed
+        results.put((False, f"{type(e).__name__}: {e}"))
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+def data_batches(files, size, batch_size, n_batches, num_workers, device):
+    """n_batches uint8 RGB batches: random crops of files through the training pipeline, or random
+    pixels when there are no files (then the data time is ~0)."""
+    if not files:
+        batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+        return iter([batch] * n_batches)
+    dataset = ColorizationDataset(files, size, train=True)
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch_size * n_batches,
+                                             generator=torch.Generator().manual_seed(0))
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                            pin_memory=device.type == "cuda"))
+
+
+def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, num_workers=0):
+    """Time `steps` full training steps at size x size after `warmup` (the first one counts the FLOPs)."""
+    device = torch.device(device_name)
+    torch.manual_seed(cfg["SEED"])
+    netG = build_generator(cfg).to(device)
+    netD = build_discriminator(cfg).to(device)
+    netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
+    betas = (cfg["BETA1"], cfg["BETA2"])
+    optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
+    optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
+    amp = cb.autocast_for(device, cfg)
+    vgg = VGGLoss(cfg["VGG_WEIGHTS"]).to(device) if cfg["LAMBDA_VGG"] > 0 else None
+    batches = data_batches(files, size, batch_size, max(1, warmup) + steps, num_workers, device)
+    netG.train()
+    netD.train()
+    reset_peak_memory(device)
+
+    def step():
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait = time.perf_counter() - t0
+        real_A, real_B = to_net_input(batch, device)
+        cb.train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg)
+        cb.update_ema(netG_ema, netG, cfg["EMA_DECAY"])
+        sync(device)
+        return wait
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    for _ in range(warmup - 1):
+        step()
+    times, waits = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        waits.append(step())
+        times.append(time.perf_counter() - t0)
+    total, wait = sum(times), sum(waits)
+    return {"size": size, "batch": batch_size, "steps": steps, "images_per_s": batch_size * steps / total,
+            "compute_images_per_s": batch_size * steps / max(total - wait, 1e-9),
+            "step_s_median": statistics.median(times), "data_wait_s_per_step": wait / steps,
+            "flops_per_step": counter.get_total_flops(), "peak_memory_bytes": peak_memory(device)}
+
+
+def max_batch_estimate(points, budget_bytes):
+    """Largest batch under budget_bytes from a straight line through (batch, peak bytes) points:
+    fixed memory (weights, optimizer state, runtime) plus a cost per image. None with fewer than two batches."""
+    batches = sorted({b for b, _ in points})
+    if len(batches) < 2:
+        return None
+    per_image, fixed = np.polyfit([b for b, _ in points], [m for _, m in points], 1)
+    if per_image <= 0:
+        return None
+    return max(0, int(np.floor((budget_bytes - fixed) / per_image + 1e-9)))  # 1e-9: the fit's rounding
+
+
+def max_batch_cuda(cfg, size, budget_bytes, device_name, limit=4096):
+    """Largest batch whose training step stays within budget_bytes of allocated CUDA memory,
+    found by doubling and then bisection (one real step at each candidate)."""
+    def fits(b):
+        try:
+            return bench_train(cfg, size, b, 1, 1, device_name)["peak_memory_bytes"] <= budget_bytes
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+# -----------------------------------------------------------------------------
+# Inference
+
+def synthetic_photo(size, seed=0):
+    """A size x size float RGB image: smooth colour ramps plus noise (the content does not change the speed)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    noise = np.random.default_rng(seed).random((size, size), dtype=np.float32) * 0.2
+    return np.clip(np.stack([x, y, 1 - x + noise], axis=2), 0, 1)
+
+
+def bench_infer(cfg, sizes, repeats, warmup, device_name, render_size):
+    """Median latency of colorize_image (float32, batch 1, as --infer) for each square input size."""
+    device = torch.device(device_name)
+    torch.manual_seed(cfg["SEED"])
+    netG = build_generator(cfg).to(device).eval().requires_grad_(False)  # random weights: same speed
+    results = []
+    for size in sorted(sizes):  # increasing, so the running peak RSS on CPU is this size's peak
+        rgb = synthetic_photo(size)
+        reset_peak_memory(device)
+        with FlopCounterMode(display=False) as counter:
+            cb.colorize_image(netG, rgb, render_size, device)
+        for _ in range(warmup):
+            cb.colorize_image(netG, rgb, render_size, device)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            cb.colorize_image(netG, rgb, render_size, device)  # returns a numpy array: synchronised
+            times.append(time.perf_counter() - t0)
+        results.append({"input_px": size, "render_px": min(render_size, size), "repeats": repeats,
+                        "latency_s_median": statistics.median(times), "flops": counter.get_total_flops(),
+                        "peak_memory_bytes": peak_memory(device)})
+    return results
+
+
+# -----------------------------------------------------------------------------
+# Report
+
+def format_report(report):
+    m, mm = report["machine"], report["matmul"]
+    gpu = m["gpu"] or "no GPU"
+    peak = mm["flops_per_s"]
+    mem = "peak RSS GB" if m["device"] == "cpu" else "max alloc GB"
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), {gpu}; "
+             f"torch {m['torch']}, device {m['device']}"
+             + (f", load average {m['load_avg_1min']:.1f} at start" if m["load_avg_1min"] is not None else ""),
+             f"model: {report['model']}",
+             f"matmul: {peak / 1e9:.1f} GFLOP/s ({mm['dtype']}, {mm['n']}x{mm['n']} torch.mm, best of {mm['repeats']})",
+             "",
+             f"training: full GAN step (G + {report['num_D']} D, all losses, forward + backward, both optimizers, "
+             f"EMA); {report['data']}",
+             f"{'size':>5} {'batch':>5} {'img/s':>8} {'compute img/s':>14} {'step s':>8} {'data wait s':>12} "
+             f"{'GFLOP/step':>11} {'of matmul':>10} {mem:>13}"]
+    for r in report["train"]:
+        achieved = r["flops_per_step"] * r["compute_images_per_s"] / r["batch"] / peak
+        lines.append(f"{r['size']:>5} {r['batch']:>5} {r['images_per_s']:>8.2f} {r['compute_images_per_s']:>14.2f} "
+                     f"{r['step_s_median']:>8.3f} {r['data_wait_s_per_step']:>12.3f} {r['flops_per_step'] / 1e9:>11.1f} "
+                     f"{achieved:>10.1%} {r['peak_memory_bytes'] / GB:>13.2f}")
+    budget = report["mem_budget_gb"]
+    how = "estimated from a line through the peaks above" if m["device"] == "cpu" else "searched on the GPU"
+    fits = ", ".join(f"{s} px: {b if b is not None else 'n/a (needs two batch sizes)'}"
+                     for s, b in report["max_batch"].items())
+    lines.append(f"largest batch within {budget:g} GB ({how}): {fits}")
+    lines.append(f"design document, 16 GB GPU: {', '.join(f'{s} px: {b}' for s, b in DESIGN_DOC.items())}")
+    lines += ["", f"inference: colorize_image as --infer (float32, batch 1), network at {report['render_size']} px "
+                  f"on the longer side; median of {report['infer'][0]['repeats'] if report['infer'] else 0} runs",
+              f"{'input px':>9} {'render px':>10} {'median ms':>10} {'GFLOP':>8} {'of matmul':>10} {mem:>13}"]
+    for r in report["infer"]:
+        achieved = r["flops"] / r["latency_s_median"] / peak
+        lines.append(f"{r['input_px']:>9} {r['render_px']:>10} {r['latency_s_median'] * 1e3:>10.1f} "
+                     f"{r['flops'] / 1e9:>8.2f} {achieved:>10.1%} {r['peak_memory_bytes'] / GB:>13.2f}")
+    return "\n".join(lines)
+
+
+def _ints(text):
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--sizes", type=_ints, default=[128, 256], help="training crop sizes, pixels (default 128,256)")
+    p.add_argument("--batches", type=_ints, default=None, help="batch sizes (default 2,8 on CPU, 16,64 on CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 3 CPU, 20 CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 CPU, 3 CUDA)")
+    p.add_argument("--infer-sizes", type=_ints, default=[256, 512, 1024, 2048], help="square inference inputs, px")
+    p.add_argument("--repeats", type=int, default=5, help="timed inference runs per size")
+    p.add_argument("--render-size", type=int, default=cb.CONSTANTS["RENDER_SIZE"], help="inference RENDER_SIZE, px")
+    p.add_argument("--mem-budget-gb", type=float, default=16.0, help="memory budget for the largest batch, GB")
+    p.add_argument("--data", default=cb.CONSTANTS["DATA_DIR"],
+                   help="photos for the data loader (default DATA_DIR); '' = random pixels")
+    p.add_argument("--num-workers", type=int, default=cb.CONSTANTS["NUM_WORKERS"], help="data-loading processes")
+    p.add_argument("--ngf", type=int, default=cb.CONSTANTS["NGF"], help="generator width")
+    p.add_argument("--ndf", type=int, default=cb.CONSTANTS["NDF"], help="discriminator width")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch; 0 = torch's default. On a machine busy with other work, "
+                        "threads beyond the free cores make every step much slower")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="on CPU, run every configuration in this process (faster; peak RSS then only grows)")
+    p.add_argument("--out", default=os.path.join(cb.HERE, "results", "bench.json"), help="JSON report path")
+    return p
+
+
+def resolve_data(spec):
+    """Image files for the data loader; default paths are relative to this file, as in colorize_base."""
+    if not spec:
+        return [], "random pixels (no data loading)"
+    paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(cb.HERE, p)) for p in spec.split(",")]
+    try:
+        files = find_images(paths)
+    except FileNotFoundError as e:
+        return [], f"random pixels ({e})"
+    return files, f"data: {len(files)} photos from {', '.join(paths)}"
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        device = cb.pick_device({"DEVICE": args.device})
+    except cb.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cuda = device.type == "cuda"
+    batches = args.batches or ([16, 64] if cuda else [2, 8])
+    steps = args.steps or (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    for name, values in (("--sizes", args.sizes), ("--batches", batches), ("--infer-sizes", args.infer_sizes)):
+        if not values or min(values) <= 0:
+            print(f"error: {name} must be positive integers, got {values}", file=sys.stderr)
+            return 2
+    cfg = {**cb.CONSTANTS, "NGF": args.ngf, "NDF": args.ndf}
+    bad = [s for s in args.sizes if s % 2 ** cfg["N_DOWNS"]]
+    if bad:
+        print(f"error: --sizes must be multiples of 2**N_DOWNS = {2 ** cfg['N_DOWNS']}, got {bad}", file=sys.stderr)
+        return 2
+    if args.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the benchmark processes started below
+        torch.set_num_threads(args.threads)
+    files, data_note = resolve_data(args.data)
+    isolate = device.type == "cpu" and not args.no_isolate
+    dtype = compute_dtype(device, cfg)
+
+    report = {"machine": machine_info(device), "num_D": cfg["NUM_D"], "render_size": args.render_size,
+              "model": f"NGF {cfg['NGF']}, NDF {cfg['NDF']}, NUM_D {cfg['NUM_D']}, N_DOWNS {cfg['N_DOWNS']}, "
+                       f"ATTN_FACTORS {cfg['ATTN_FACTORS']}, compute {str(dtype).removeprefix('torch.')}",
+              "data": data_note, "mem_budget_gb": args.mem_budget_gb, "train": [], "infer": []}
+    report["matmul"] = {"flops_per_s": matmul_flops_per_s(device, dtype), "dtype": str(dtype).removeprefix("torch."),
+                        "n": 2048, "repeats": 3}
+    configs = [(s, b) for s in sorted(args.sizes) for b in sorted(batches)]
+    for size, batch in tqdm(configs, desc="train configs", dynamic_ncols=True):
+        call = (cfg, size, batch, steps, warmup, str(device), files, args.num_workers)
+        report["train"].append(run_isolated(bench_train, *call) if isolate else bench_train(*call))
+    budget = int(args.mem_budget_gb * GB)
+    report["max_batch"] = {}
+    for size in sorted(args.sizes):
+        if cuda:
+            report["max_batch"][size] = max_batch_cuda(cfg, size, budget, str(device))
+        else:
+            points = [(r["batch"], r["peak_memory_bytes"]) for r in report["train"] if r["size"] == size]
+            report["max_batch"][size] = max_batch_estimate(points, budget)
+    call = (cfg, args.infer_sizes, args.repeats, 1, str(device), args.render_size)
+    report["infer"] = run_isolated(bench_infer, *call) if isolate else bench_infer(*call)
+
+    print(format_report(report))
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""bench.py on tiny shapes: the pieces run and count what they should. Speed itself is not asserted."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import bench
+import colorize_base as cb
+from models import build_generator
+
+TINY = {**cb.CONSTANTS, "NGF": 8, "NDF": 8, "N_DOWNS": 5}
+
+
+def test_bench_train_reports_throughput_flops_and_memory():
+    r = bench.bench_train(TINY, 32, 2, steps=1, warmup=1, device_name="cpu")
+    assert r["size"] == 32 and r["batch"] == 2
+    assert r["images_per_s"] > 0 and r["step_s_median"] > 0 and r["data_wait_s_per_step"] >= 0
+    assert r["flops_per_step"] > 0 and r["peak_memory_bytes"] > 0
+
+
+def test_training_flops_grow_with_the_batch():
+    one = bench.bench_train(TINY, 32, 1, steps=1, warmup=1, device_name="cpu")["flops_per_step"]
+    four = bench.bench_train(TINY, 32, 4, steps=1, warmup=1, device_name="cpu")["flops_per_step"]
+    assert four == pytest.approx(4 * one, rel=0.01)
+
+
+def test_inference_flops_are_the_generator_forward():
+    netG = build_generator(TINY).eval().requires_grad_(False)
+    with FlopCounterMode(display=False) as counter:
+        netG(torch.zeros(1, 1, 32, 32))
+    r = bench.bench_infer(TINY, [32], repeats=1, warmup=0, device_name="cpu", render_size=256)[0]
+    assert r["render_px"] == 32 and r["latency_s_median"] > 0
+    # plus the two 3x3 colour matrices per pixel of the Lab conversions, counted as matmuls
+    assert counter.get_total_flops() <= r["flops"] <= counter.get_total_flops() + 3 * 2 * 9 * 32 * 32
+
+
+def test_max_batch_estimate_is_linear_in_the_batch():
+    points = [(2, 5 * bench.GB), (8, 8 * bench.GB)]  # 4 GB fixed + 0.5 GB per image
+    assert bench.max_batch_estimate(points, 16 * bench.GB) == 24
+    assert bench.max_batch_estimate(points[:1], 16 * bench.GB) is None
+
+
+def test_run_isolated_returns_the_result_and_names_a_failure():
+    assert np.array_equal(bench.run_isolated(bench.synthetic_photo, 4), bench.synthetic_photo(4))
+    with pytest.raises(RuntimeError, match="multiples of 32"):
+        bench.run_isolated(bench.bench_train, TINY, 48, 1, 1, 0, "cpu")
+
+
+def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--ngf", "8", "--ndf", "8", "--sizes", "64", "--batches", "1,2", "--steps", "1",
+                       "--infer-sizes", "64", "--repeats", "1", "--data", "", "--no-isolate", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "matmul" in text and "largest batch within 16 GB" in text and "median ms" in text
+    report = json.loads(out.read_text())
+    assert [(r["size"], r["batch"]) for r in report["train"]] == [(64, 1), (64, 2)]
+    assert report["machine"]["cores"] > 0 and report["machine"]["torch"] == torch.__version__
+
+
+def test_main_rejects_sizes_the_generator_cannot_take(capsys):
+    assert bench.main(["--sizes", "100", "--no-isolate"]) == 2
+    assert "--sizes" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""--eval end to end through the real command line, on tiny generated images and a tiny generator."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import colorize_base as cb
+from models import build_generator
+
+
+def tiny_checkpoint(path, zero_output=False):
+    cfg = {**cb.CONSTANTS, "NGF": 8, "N_DOWNS": 5}
+    torch.manual_seed(0)
+    netG = build_generator(cfg)
+    if zero_output:  # the last convolution gives 0, so ab = tanh(0) = 0: exactly the gray baseline
+        last = netG.up[-1][2]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    cb.save_checkpoint({"format_version": cb.FORMAT_VERSION, "cfg": cfg, "step": 0,
+                        "netG_ema": netG.state_dict()}, str(path))
+    return str(path)
+
+
+def make_photos(folder, n=3):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = 40, 48 + 8 * i
+        y, x = np.mgrid[0:h, 0:w]
+        rgb = np.stack([x * 255 / w, y * 255 / h, rng.random((h, w)) * 60 + 100], axis=2)
+        Image.fromarray(rgb.astype(np.uint8)).save(folder / f"photo{i}.png")
+    Image.fromarray((rng.random((36, 36)) * 255).astype(np.uint8)).save(folder / "already_gray.png")
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return {r["file"]: r for r in csv.DictReader(f)}
+
+
+def test_eval_writes_table_csv_json_and_sheet(tmp_path, capsys):
+    photos = make_photos(tmp_path / "photos")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    weights = tiny_checkpoint(tmp_path / "g.pt")
+    out = tmp_path / "eval"
+    rc = cb.main(["--eval", str(photos), "--weights", weights, "--out", str(out)])
+    assert rc == 1  # the broken file is reported and the rest is still scored
+    captured = capsys.readouterr()
+    assert "PSNR" in captured.out and "CIEDE2000" in captured.out and "colourfulness" in captured.out
+    assert "gray, left out: already_gray.png" in captured.out
+    assert "failed: broken.jpg" in captured.err
+    rows = read_csv(out / "metrics.csv")
+    assert rows["already_gray.png"]["status"] == "gray" and rows["broken.jpg"]["status"] == "failed"
+    assert [rows[f"photo{i}.png"]["status"] for i in range(3)] == ["ok"] * 3
+    assert rows["photo2.png"]["width"] == "64"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["gray_left_out"] == ["already_gray.png"]
+    assert summary["failed"] == ["broken.jpg"]
+    assert summary["gray"]["colorfulness"] == 0  # the gray baseline has no colour
+    psnr = np.mean([float(rows[f"photo{i}.png"]["psnr"]) for i in range(3)])
+    assert summary["ours"]["psnr"] == pytest.approx(psnr, rel=1e-5)
+    with Image.open(out / "sheet.png") as sheet:
+        assert sheet.width > 3 * 256 and sheet.height > 3 * 256  # three rows of gray | ours | truth
+
+
+def test_generator_predicting_no_colour_scores_as_the_gray_baseline(tmp_path):
+    photos = make_photos(tmp_path / "photos", n=2)
+    weights = tiny_checkpoint(tmp_path / "g.pt", zero_output=True)
+    assert cb.main(["--eval", str(photos), "--weights", weights, "--eval-dir", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    for metric in cb.METRICS:
+        assert summary["ours"][metric] == pytest.approx(summary["gray"][metric])
+
+
+def test_eval_size_cuts_centre_squares(tmp_path):
+    photos = make_photos(tmp_path / "photos", n=2)
+    weights = tiny_checkpoint(tmp_path / "g.pt")
+    out = tmp_path / "eval"
+    assert cb.main(["--eval", str(photos), "--weights", weights, "--out", str(out), "--eval-size", "32"]) == 0
+    rows = read_csv(out / "metrics.csv")
+    assert {(r["width"], r["height"]) for r in rows.values()} == {("32", "32")}
+    assert json.loads((out / "summary.json").read_text())["eval_size"] == 32
+
+
+def test_eval_reports_a_missing_folder(tmp_path, capsys):
+    weights = tiny_checkpoint(tmp_path / "g.pt")
+    assert cb.main(["--eval", str(tmp_path / "nowhere"), "--weights", weights, "--out", str(tmp_path / "e")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_eval_size_must_not_be_negative(tmp_path, capsys):
+    assert cb.main(["--eval", str(tmp_path), "--eval-size", "-1"]) == 2
+    assert "--eval-size" in capsys.readouterr().err
+
+
+def test_gray_version_keeps_the_luminance_and_drops_the_colour():
+    rgb = np.random.default_rng(1).random((12, 10, 3)).astype(np.float32)
+    gray = cb.gray_version(rgb)
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    L = cb.rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0, 0]
+    L_gray = cb.rgb_to_lab(torch.from_numpy(gray).permute(2, 0, 1)[None])[0, 0]
+    assert (L - L_gray).abs().max() < 0.5  # 8-bit rounding only
+    assert np.array_equal(cb.gray_version(gray), gray)  # a gray photo is its own gray version
