@@ -12,7 +12,6 @@ batch that fits a budget. The hardware limit: FLOPs of a step counted with FlopC
 the matrix-multiply FLOP/s measured in the same run. Prints one table and writes it as JSON.
 """
 import argparse
-import copy
 import json
 import multiprocessing as mp
 import os
@@ -29,9 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import colorize_base as cb
+from models import build_generator
 from data import ColorizationDataset, find_images, to_net_input
-from losses import VGGLoss
-from models import build_discriminator, build_generator
 
 DESIGN_DOC = {128: 150, 256: 25}  # images per batch the design document fits on a 16 GB GPU, by crop size
 GB = 1024 ** 3
@@ -148,15 +146,7 @@ def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, n
     """Time `steps` full training steps at size x size after `warmup` (the first one counts the FLOPs)."""
     device = torch.device(device_name)
     torch.manual_seed(cfg["SEED"])
-    netG = build_generator(cfg).to(device)
-    netD = build_discriminator(cfg).to(device)
-    netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
-    betas = (cfg["BETA1"], cfg["BETA2"])
-    optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
-    optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
-    amp = cb.autocast_for(device, cfg)
-    vgg = VGGLoss(cfg["VGG_WEIGHTS"]).to(device) if cfg["LAMBDA_VGG"] > 0 else None
+    netG, netD, netG_ema, optG, optD, scaler, amp, vgg = cb.build_gan(cfg, device)
     batches = data_batches(files, size, batch_size, max(1, warmup) + steps, num_workers, device)
     netG.train()
     netD.train()

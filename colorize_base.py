@@ -19,8 +19,10 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.transforms import v2
 from torchvision.utils import save_image
 from tqdm import tqdm
@@ -273,17 +275,22 @@ def update_ema(netG_ema, netG, decay):
 
 class EpochSampler:
     """Indices epoch after epoch, each epoch a permutation seeded by (seed, epoch) and cut to whole
-    batches, so a resumed run can start at any (epoch, batch) without replaying the data."""
+    batches, so a resumed run can start at any (epoch, batch) without replaying the data.
 
-    def __init__(self, n, batch_size, seed, epoch=0, batch=0):
+    With several processes (torchrun), a global batch is batch_size * world consecutive indices of
+    the permutation and process `rank` takes every world-th of them: the shards never overlap."""
+
+    def __init__(self, n, batch_size, seed, epoch=0, batch=0, rank=0, world=1):
         self.n, self.batch_size, self.seed, self.epoch, self.batch = n, batch_size, seed, epoch, batch
+        self.rank, self.world = rank, world
 
     def __iter__(self):
-        epoch, start = self.epoch, self.batch * self.batch_size
+        global_batch = self.batch_size * self.world
+        epoch, start = self.epoch, self.batch * global_batch
         while True:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)[: self.n // self.batch_size * self.batch_size]
-            yield from perm[start:].tolist()
+            perm = torch.randperm(self.n, generator=g)[: self.n // global_batch * global_batch]
+            yield from perm[start + self.rank::self.world].tolist()
             epoch, start = epoch + 1, 0
 
 
@@ -324,33 +331,65 @@ def save_sample_grid(netG_ema, sample_rgb, path, device):
 LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
 
 
+def build_gan(cfg, device):
+    """Networks, EMA generator, optimizers (TTUR Adam), gradient scaler, autocast context and the
+    optional VGG loss for training: (netG, netD, netG_ema, optG, optD, scaler, amp, vgg)."""
+    netG = build_generator(cfg).to(device)
+    netD = build_discriminator(cfg).to(device)
+    netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
+    betas = (cfg["BETA1"], cfg["BETA2"])
+    optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
+    optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
+    vgg = VGGLoss(cfg["VGG_WEIGHTS"]).to(device) if cfg["LAMBDA_VGG"] > 0 else None
+    return netG, netD, netG_ema, optG, optD, scaler, autocast_for(device, cfg), vgg
+
+
+def any_rank(flag, device):
+    """True when flag is true in any training process (just the flag itself without torchrun)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    t = torch.tensor([float(bool(flag))], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item() > 0
+
+
+def split_pred(pred, n):
+    """Split a discriminator output on a batch of [first n; rest] into the two outputs."""
+    return [[f[:n] for f in feats] for feats in pred], [[f[n:] for f in feats] for feats in pred]
+
+
 def train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg=None):
     """One GAN step: D on a detached fake, then G with D frozen; each optimizer steps only when its
-    loss and gradients are finite. Returns (ok, losses): ok is False when the step was skipped,
-    losses a detached tensor in LOSS_NAMES order."""
-    real_AB = torch.cat([real_A, real_B], dim=1)
+    loss and gradients are finite (in every process, under torchrun). Returns (ok, losses): ok is
+    False when the step was skipped, losses a detached tensor in LOSS_NAMES order.
 
-    # D step, on a detached fake
+    netG and netD may be DistributedDataParallel wrappers; the G step runs the plain D module,
+    since it needs no D gradients."""
+    real_AB = torch.cat([real_A, real_B], dim=1)
+    plainD = getattr(netD, "module", netD)
+
+    # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
     netD.requires_grad_(True)
     with amp:
         fake_B = netG(real_A)
-        pred_fake = netD(torch.cat([real_A, fake_B.detach()], dim=1))
-        pred_real = netD(real_AB)
+        pred = netD(torch.cat([torch.cat([real_A, fake_B.detach()], dim=1), real_AB], dim=0))
+        pred_fake, pred_real = split_pred(pred, real_A.shape[0])
         loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
         loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
         loss_D = 0.5 * (loss_D_fake + loss_D_real)
     optD.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
-    ok = finite(loss_D, None if scaler.is_enabled() else netD)
+    ok = not any_rank(not finite(loss_D, None if scaler.is_enabled() else netD), real_A.device)
     if ok:
         scaler.step(optD)
 
     # G step, with D frozen
-    netD.requires_grad_(False)
+    plainD.requires_grad_(False)
     with amp:
-        pred_fake = netD(torch.cat([real_A, fake_B], dim=1))
+        pred_fake = plainD(torch.cat([real_A, fake_B], dim=1))
         with torch.no_grad():
-            pred_real = netD(real_AB)  # features of the D that was just updated
+            pred_real = plainD(real_AB)  # features of the D that was just updated
         loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
         loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
         loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
@@ -362,7 +401,7 @@ def train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg=Non
     optG.zero_grad(set_to_none=True)
     if ok:
         scaler.scale(loss_G).backward()
-        ok = finite(loss_G, None if scaler.is_enabled() else netG)
+        ok = not any_rank(not finite(loss_G, None if scaler.is_enabled() else netG), real_A.device)
     if ok:
         scaler.step(optG)
     scaler.update()
@@ -370,41 +409,64 @@ def train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg=Non
 
 
 def train(cfg, fresh=False):
-    """Train the GAN; resumes from RUN_DIR/checkpoint.pt unless fresh. Returns the final step."""
+    """Train the GAN; resumes from RUN_DIR/checkpoint.pt unless fresh. Returns the final step.
 
+    Under torchrun every process trains on its shard of each batch (DistributedDataParallel);
+    process 0 alone writes the log, samples and checkpoints."""
+    rank, world, device = init_distributed(cfg)
+    lock = lock_run_dir(cfg["RUN_DIR"]) if rank == 0 else None
+    try:
+        return _train(cfg, fresh, rank, world, device)
+    finally:
+        if lock is not None:
+            lock.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(cfg):
+    """(rank, world size, device): from torchrun's environment, else (0, 1, the chosen device).
+    One process per GPU with NCCL; on CPU, gloo (for testing the multi-process path)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(cfg)
+    if world == 1:
+        return 0, 1, device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _train(cfg, fresh, rank, world, device):
+    master = rank == 0
     run_dir = cfg["RUN_DIR"]
-    lock = lock_run_dir(run_dir)  # noqa: F841 (held until train returns)
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     log_path = os.path.join(run_dir, "log.csv")
-    torch.manual_seed(cfg["SEED"])
+    torch.manual_seed(cfg["SEED"] + rank)
 
     def log(msg):
-        tqdm.write(msg)
+        if master:
+            tqdm.write(msg)
 
     train_files, val_files = split_files(cfg, log)
     dataset = ColorizationDataset(train_files, cfg["IMAGE_SIZE"], train=True, max_pixels=cfg["MAX_PIXELS"])
     val_set = ColorizationDataset(val_files, cfg["IMAGE_SIZE"], train=False, max_pixels=cfg["MAX_PIXELS"])
     sample_rgb = torch.stack([val_set[i] for i in range(len(val_set))])
-    batch_size = min(cfg["BATCH_SIZE"], len(dataset))
-    steps_per_epoch = len(dataset) // batch_size
+    batch_size = min(cfg["BATCH_SIZE"], len(dataset) // world)  # per process
+    if batch_size < 1:
+        raise UserError(f"{len(dataset)} training images cannot be shared by {world} processes")
+    steps_per_epoch = len(dataset) // (batch_size * world)
     total_steps = cfg["EPOCHS"] * steps_per_epoch
     if cfg["MAX_STEPS"] > 0:
         total_steps = min(total_steps, cfg["MAX_STEPS"])
 
-    netG = build_generator(cfg).to(device)
-    netD = build_discriminator(cfg).to(device)
-    netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
-    betas = (cfg["BETA1"], cfg["BETA2"])
-    optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
-    optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
-    use_scaler = device.type == "cuda" and cfg["AMP"] == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp = autocast_for(device, cfg)
-    vgg = VGGLoss(cfg["VGG_WEIGHTS"]).to(device) if cfg["LAMBDA_VGG"] > 0 else None
+    netG, netD, netG_ema, optG, optD, scaler, amp, vgg = build_gan(cfg, device)
 
     step, epoch, batch_in_epoch, bad_total = 0, 0, 0, 0
-    remove_stale_temporaries(run_dir, log)
+    if master:
+        remove_stale_temporaries(run_dir, log)
     if os.path.exists(ckpt_path) and not fresh:
         ckpt = load_checkpoint(ckpt_path)
         changed = [f"{k}={ckpt['cfg'].get(k)!r} (now {cfg[k]!r})" for k in ARCH_KEYS if ckpt["cfg"].get(k) != cfg[k]]
@@ -419,19 +481,25 @@ def train(cfg, fresh=False):
             optD.load_state_dict(ckpt["optD"])
             scaler.load_state_dict(ckpt["scaler"])
             step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-            torch.set_rng_state(ckpt["rng"]["torch"])
+            if master:
+                torch.set_rng_state(ckpt["rng"]["torch"])
+            else:
+                torch.manual_seed(cfg["SEED"] + rank + 1000 * step)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{ckpt_path}: cannot resume from it (not a full training checkpoint: "
                             f"{short_reason(e)}); use another --run-dir or --fresh") from None
         bad_total = ckpt.get("bad_steps", 0)
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        if master and device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         log(f"resumed from {ckpt_path} at step {step} (epoch {epoch})")
     if batch_in_epoch >= steps_per_epoch:  # the data set shrank since the checkpoint
         epoch, batch_in_epoch = epoch + 1, 0
-    trim_log(log_path, step)
+    if master:
+        trim_log(log_path, step)
 
     def checkpoint():
+        if not master:
+            return
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         save_checkpoint({"format_version": FORMAT_VERSION, "cfg": cfg, "step": step, "epoch": epoch,
@@ -444,13 +512,18 @@ def train(cfg, fresh=False):
         log(f"nothing to do: {ckpt_path} is at step {step} of {total_steps} (raise --steps or --epochs)")
         return step
 
-    sampler = EpochSampler(len(dataset), batch_size, cfg["SEED"], epoch, batch_in_epoch)
+    sampler = EpochSampler(len(dataset), batch_size, cfg["SEED"], epoch, batch_in_epoch, rank, world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["NUM_WORKERS"],
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg["NUM_WORKERS"] > 0,
-        generator=torch.Generator().manual_seed(cfg["SEED"] + step), worker_init_fn=_ignore_stop_signals)
-    log(f"training on {device}: {len(dataset)} images, {steps_per_epoch} steps/epoch, "
-        f"steps {step} -> {total_steps}, run dir {run_dir}")
+        generator=torch.Generator().manual_seed(cfg["SEED"] + step + 1_000_003 * rank),
+        worker_init_fn=_ignore_stop_signals)
+    netG_train, netD_train = netG, netD  # checkpoints and EMA always use the plain modules
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        netG_train, netD_train = DDP(netG, device_ids=ids), DDP(netD, device_ids=ids)
+    log(f"training on {world} x {device}: {len(dataset)} images, batch {batch_size} x {world}, "
+        f"{steps_per_epoch} steps/epoch, steps {step} -> {total_steps}, run dir {run_dir}")
 
     # Ctrl-C and SIGTERM (a job scheduler) finish the current step, save, then exit; a second one aborts
     stop = []
@@ -463,15 +536,15 @@ def train(cfg, fresh=False):
 
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     new_log = not os.path.exists(log_path) or os.path.getsize(log_path) == 0  # empty: killed before the header
-    log_file = open(log_path, "a", newline="")
+    log_file = open(log_path if master else os.devnull, "a", newline="")
     writer = csv.writer(log_file)
-    if new_log:
+    if new_log and master:
         writer.writerow(["step", "epoch", *LOSS_NAMES, "bad_steps", "images_per_s", "data_wait_s"])
         log_file.flush()
     names = LOSS_NAMES
     sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
     t_log, data_wait = time.time(), 0.0
-    pbar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
+    pbar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not master)
     try:
         netG.train()
         netD.train()
@@ -479,7 +552,7 @@ def train(cfg, fresh=False):
         for batch in loader:
             data_wait += time.time() - t_data
             real_A, real_B = to_net_input(batch, device)
-            ok, losses = train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg)
+            ok, losses = train_step(netG_train, netD_train, optG, optD, scaler, real_A, real_B, cfg, amp, vgg)
 
             batch_in_epoch += 1
             if batch_in_epoch == steps_per_epoch:
@@ -508,17 +581,17 @@ def train(cfg, fresh=False):
             if step % cfg["LOG_EVERY"] == 0 or step == total_steps:
                 dt = time.time() - t_log
                 writer.writerow([step, epoch] + [f"{v:.5f}" for v in (sums / n_sum).tolist()]
-                                + [bad_total, f"{n_sum * batch_size / dt:.2f}", f"{data_wait:.2f}"])
+                                + [bad_total, f"{n_sum * batch_size * world / dt:.2f}", f"{data_wait:.2f}"])
                 log_file.flush()
                 sums, n_sum, t_log, data_wait = torch.zeros(len(names)), 0, time.time(), 0.0
-            if step % cfg["SAMPLE_EVERY"] == 0 or step == total_steps:
+            if master and (step % cfg["SAMPLE_EVERY"] == 0 or step == total_steps):
                 save_sample_grid(netG_ema, sample_rgb, os.path.join(run_dir, "samples", f"step_{step:07d}.png"),
                                  device)
             if step % cfg["SAVE_EVERY"] == 0 or step == total_steps:
                 checkpoint()
             if step >= total_steps:
                 break
-            if stop:
+            if any_rank(stop, device):  # every process stops after the same step
                 checkpoint()
                 log(f"interrupted: saved {ckpt_path} at step {step}; run the same command again to resume")
                 raise KeyboardInterrupt

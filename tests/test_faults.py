@@ -130,6 +130,7 @@ def test_kill9_at_several_points_then_resume_finishes(tmp_path):
     wait_for(proc, lambda: "training on" in (tmp_path / "out1.txt").read_text(), "the start of training")
     kill9(proc)
     # 2 and 3: mid-training, at a step that is not a save
+    step_before = None
     for k, stop_at in ((2, 4), (3, 8)):
         proc = start(script, args, tmp_path / f"out{k}.txt")
         wait_for(proc, lambda: logged_steps(run_dir) >= stop_at, f"step {stop_at}")
