@@ -41,6 +41,31 @@ def photo(w, h, seed=0):
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+def make_photos(folder, n=6, size=(40, 40)):
+    """n colourful photos of size (w, h) in folder, as PNGs; returns the folder as a string."""
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(photo(*size, seed=i)).save(os.path.join(folder, f"p{i}.png"))
+    return str(folder)
+
+
+def train_args(data, run_dir, steps, *extra):
+    """Command-line arguments for a tiny CPU training run."""
+    return ["--train", *TINY_ARGS, "--data", str(data), "--run-dir", str(run_dir), "--steps", str(steps),
+            "--device", "cpu", *extra]
+
+
+def tiny_cfg(data, run_dir, steps, *extra):
+    """The config dict that train_args would give, for calling colorize_base.train() in-process."""
+    import colorize_base as cb
+    return cb.make_config(cb.build_parser().parse_args(train_args(data, run_dir, steps, *extra)))
+
+
+def saved_step(run_dir):
+    import colorize_base as cb
+    return cb.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["step"]
+
+
 def write_png16(path, rgb16):
     """A 16-bit-per-channel RGB PNG, written by hand: Pillow can read these but not write them."""
     h, w, _ = rgb16.shape

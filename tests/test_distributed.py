@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import colorize_base as cb
-from conftest import TINY_ARGS
-from test_faults import make_photos, saved_step
+from conftest import TINY_ARGS, make_photos, saved_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

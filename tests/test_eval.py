@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import colorize_base as cb
+from conftest import make_photos
 from models import build_generator
 
 
@@ -24,14 +25,10 @@ def tiny_checkpoint(path, zero_output=False):
     return str(path)
 
 
-def make_photos(folder, n=3):
-    folder.mkdir()
+def photos_and_gray(folder, n=3):
+    """n colour photos (conftest.make_photos) and one already-gray image."""
+    make_photos(folder, n=n, size=(48, 40))
     rng = np.random.default_rng(0)
-    for i in range(n):
-        h, w = 40, 48 + 8 * i
-        y, x = np.mgrid[0:h, 0:w]
-        rgb = np.stack([x * 255 / w, y * 255 / h, rng.random((h, w)) * 60 + 100], axis=2)
-        Image.fromarray(rgb.astype(np.uint8)).save(folder / f"photo{i}.png")
     Image.fromarray((rng.random((36, 36)) * 255).astype(np.uint8)).save(folder / "already_gray.png")
     return folder
 
@@ -42,7 +39,7 @@ def read_csv(path):
 
 
 def test_eval_writes_table_csv_json_and_sheet(tmp_path, capsys):
-    photos = make_photos(tmp_path / "photos")
+    photos = photos_and_gray(tmp_path / "photos")
     (photos / "broken.jpg").write_bytes(b"not an image")
     weights = tiny_checkpoint(tmp_path / "g.pt")
     out = tmp_path / "eval"
@@ -54,20 +51,20 @@ def test_eval_writes_table_csv_json_and_sheet(tmp_path, capsys):
     assert "failed: broken.jpg" in captured.err
     rows = read_csv(out / "metrics.csv")
     assert rows["already_gray.png"]["status"] == "gray" and rows["broken.jpg"]["status"] == "failed"
-    assert [rows[f"photo{i}.png"]["status"] for i in range(3)] == ["ok"] * 3
-    assert rows["photo2.png"]["width"] == "64"
+    assert [rows[f"p{i}.png"]["status"] for i in range(3)] == ["ok"] * 3
+    assert rows["p2.png"]["width"] == "48"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 3 and summary["gray_left_out"] == ["already_gray.png"]
     assert summary["failed"] == ["broken.jpg"]
     assert summary["gray"]["colorfulness"] == 0  # the gray baseline has no colour
-    psnr = np.mean([float(rows[f"photo{i}.png"]["psnr"]) for i in range(3)])
+    psnr = np.mean([float(rows[f"p{i}.png"]["psnr"]) for i in range(3)])
     assert summary["ours"]["psnr"] == pytest.approx(psnr, rel=1e-5)
     with Image.open(out / "sheet.png") as sheet:
         assert sheet.width > 3 * 256 and sheet.height > 3 * 256  # three rows of gray | ours | truth
 
 
 def test_generator_predicting_no_colour_scores_as_the_gray_baseline(tmp_path):
-    photos = make_photos(tmp_path / "photos", n=2)
+    photos = photos_and_gray(tmp_path / "photos", n=2)
     weights = tiny_checkpoint(tmp_path / "g.pt", zero_output=True)
     assert cb.main(["--eval", str(photos), "--weights", weights, "--eval-dir", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
@@ -76,7 +73,7 @@ def test_generator_predicting_no_colour_scores_as_the_gray_baseline(tmp_path):
 
 
 def test_eval_size_cuts_centre_squares(tmp_path):
-    photos = make_photos(tmp_path / "photos", n=2)
+    photos = photos_and_gray(tmp_path / "photos", n=2)
     weights = tiny_checkpoint(tmp_path / "g.pt")
     out = tmp_path / "eval"
     assert cb.main(["--eval", str(photos), "--weights", weights, "--out", str(out), "--eval-size", "32"]) == 0

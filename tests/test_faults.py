@@ -9,11 +9,10 @@ import time
 
 import pytest
 import torch
-from PIL import Image
 
 import colorize_base as cb
 import losses
-from conftest import TINY_ARGS, make_bad_inputs, make_good_inputs, photo
+from conftest import make_bad_inputs, make_good_inputs, make_photos, saved_step, tiny_cfg, train_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,18 +35,6 @@ def slow_save(obj, f, **kw):
 torch.save = slow_save
 sys.exit(colorize_base.main())
 """
-
-
-def make_photos(folder, n=6):
-    os.makedirs(folder, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(photo(40, 40, i)).save(os.path.join(folder, f"p{i}.png"))
-    return str(folder)
-
-
-def train_args(data, run_dir, steps, *extra):
-    return ["--train", *TINY_ARGS, "--data", str(data), "--run-dir", str(run_dir), "--steps", str(steps),
-            "--device", "cpu", *extra]
 
 
 def start(script, args, log_path):
@@ -73,10 +60,6 @@ def kill9(proc):
 
 def temporaries(run_dir):
     return [f for f in os.listdir(run_dir) if ".tmp" in f]
-
-
-def saved_step(run_dir):
-    return cb.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["step"]
 
 
 def logged_steps(run_dir):
@@ -180,10 +163,6 @@ def nan_every(n):
         loss = losses.l1_loss(fake_B, real_B)
         return loss * float("nan") if len(calls) % n == 0 else loss
     return l1, calls
-
-
-def tiny_cfg(data, run_dir, steps, *extra):
-    return cb.make_config(cb.build_parser().parse_args(train_args(data, run_dir, steps, *extra)))
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capsys):

@@ -10,35 +10,16 @@ import torch
 from PIL import Image
 
 import colorize_base as cb
+from conftest import make_photos, tiny_cfg, train_args
 from models import build_generator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {"NGF": 8, "NDF": 8, "N_DOWNS": 3, "ATTN_FACTORS": (4,), "N_LAYERS_D": 2, "NUM_D": 3, "IMAGE_SIZE": 32,
-        "BATCH_SIZE": 2, "NUM_WORKERS": 0, "VAL_DIR": "", "NUM_SAMPLES": 2, "LOG_EVERY": 1, "SAVE_EVERY": 2,
-        "SAMPLE_EVERY": 2, "DEVICE": "cpu"}
-TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-downs", "3", "--attn-factors", "4", "--n-layers-d", "2",
-              "--size", "32", "--batch-size", "2", "--num-workers", "0", "--val-dir", "", "--num-samples", "2",
-              "--device", "cpu"]
 
 
-def make_photos(folder, n=8, size=(48, 40)):
-    """Smooth random colour images: a gradient per channel plus a coloured disc."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    for i in range(n):
-        img = np.stack([rng.random() * xx + rng.random() * yy + 0.2 * rng.random() for _ in range(3)], axis=2)
-        disc = (xx - rng.random()) ** 2 + (yy - rng.random()) ** 2 < 0.05
-        img[disc] = rng.random(3)
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(os.path.join(folder, f"photo_{i}.png"))
-
-
-def tiny_cfg(tmp_path, **over):
-    make_photos(tmp_path / "data")
-    cfg = {**cb.CONSTANTS, **TINY, "DATA_DIR": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run")}
-    cfg.update(over)
-    return cfg
+def photos_and_cfg(tmp_path, steps):
+    """8 photos of 48x40 (2 held out for samples: 3 steps per epoch at batch 2) and a tiny config."""
+    data = make_photos(tmp_path / "data", n=8, size=(48, 40))
+    return tiny_cfg(data, tmp_path / "run", steps)
 
 
 def read_log(run_dir):
@@ -47,7 +28,7 @@ def read_log(run_dir):
 
 
 def test_train_writes_checkpoint_samples_and_log(tmp_path):
-    cfg = tiny_cfg(tmp_path, MAX_STEPS=4)
+    cfg = photos_and_cfg(tmp_path, 4)
     assert cb.train(cfg) == 4
     run = cfg["RUN_DIR"]
     ckpt = cb.load_checkpoint(os.path.join(run, "checkpoint.pt"))
@@ -60,7 +41,7 @@ def test_train_writes_checkpoint_samples_and_log(tmp_path):
 
 
 def test_resume_continues_step_count(tmp_path, capsys):
-    cfg = tiny_cfg(tmp_path, MAX_STEPS=3)
+    cfg = photos_and_cfg(tmp_path, 3)
     cb.train(cfg)
     ckpt3 = cb.load_checkpoint(os.path.join(cfg["RUN_DIR"], "checkpoint.pt"))
     capsys.readouterr()
@@ -75,14 +56,14 @@ def test_resume_continues_step_count(tmp_path, capsys):
 
 
 def test_resume_refuses_a_different_network(tmp_path):
-    cfg = tiny_cfg(tmp_path, MAX_STEPS=1)
+    cfg = photos_and_cfg(tmp_path, 1)
     cb.train(cfg)
     with pytest.raises(cb.UserError, match="NGF=8 .now 16"):
         cb.train({**cfg, "NGF": 16, "MAX_STEPS": 2})
 
 
 def test_checkpoint_reload_is_bit_identical(tmp_path):
-    cfg = {**cb.CONSTANTS, **TINY}
+    cfg = tiny_cfg(tmp_path, tmp_path / "run", 1)
     torch.manual_seed(0)
     netG = build_generator(cfg).eval()
     with torch.no_grad():
@@ -114,16 +95,16 @@ def _run(*args):
 
 
 def test_end_to_end_train_then_infer_cli(tmp_path):
-    make_photos(tmp_path / "data")
+    data = make_photos(tmp_path / "data", n=8, size=(48, 40))
     run = tmp_path / "run"
-    r = _run("--train", "--data", str(tmp_path / "data"), "--run-dir", str(run), "--steps", "3", *TINY_FLAGS)
+    r = _run(*train_args(data, run, 3))
     assert r.returncode == 0, r.stderr
     assert (run / "checkpoint.pt").exists() and (run / "log.csv").exists()
 
     inputs = tmp_path / "in"
     inputs.mkdir()
-    Image.open(tmp_path / "data" / "photo_0.png").save(inputs / "plain.png")
-    rgba = Image.open(tmp_path / "data" / "photo_1.png").convert("RGBA")
+    Image.open(tmp_path / "data" / "p0.png").save(inputs / "plain.png")
+    rgba = Image.open(tmp_path / "data" / "p1.png").convert("RGBA")
     rgba.putalpha(Image.new("L", rgba.size, 77))
     rgba.save(inputs / "alpha.png")
     exif = Image.Exif()
