@@ -815,7 +815,7 @@ def summarize(rows):
     ok = [r for r in rows if r["status"] == "ok"]
     summary = {"truth": {"colorfulness": float(np.mean([r["colorfulness_truth"] for r in ok]))}}
     for method, suffix in (("ours", ""), ("gray", "_gray")):
-        means = {m: float(np.mean([r[m + suffix] for r in ok])) for m in METRICS}
+        means = {m: float(np.nanmean([r[m + suffix] for r in ok])) for m in METRICS}  # NaN: SSIM of a tiny image
         ratio, diff = colorfulness_gap([r["colorfulness" + suffix] for r in ok], [r["colorfulness_truth"] for r in ok])
         summary[method] = {**means, "colorfulness_ratio": ratio, "colorfulness_abs_diff": diff}
     return summary

@@ -28,13 +28,14 @@ def psnr(pred, truth):
 def ssim(pred, truth):
     """Structural similarity on RGB (7x7 windows, averaged over the channels); 1 for identical images.
 
-    Images smaller than 7 pixels use the largest odd window that fits; below 3 pixels it is undefined.
+    Images smaller than 7 pixels use the largest odd window that fits; below 3 pixels on a side SSIM
+    is undefined and the result is NaN (left out of means), so such a photo still gets its other scores.
     """
     _check_pair(pred, truth)
     win = min(7, *pred.shape[:2])
     win -= 1 - win % 2  # the window must be odd
     if win < 3:
-        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {pred.shape[1]}x{pred.shape[0]}")
+        return float("nan")
     return float(structural_similarity(np.asarray(truth, np.float64), np.asarray(pred, np.float64),
                                        data_range=1.0, channel_axis=2, win_size=win))
 

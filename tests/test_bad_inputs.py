@@ -1,4 +1,5 @@
 """Every bad input gets a clear message naming the file, and the rest of the work goes on."""
+import csv
 import os
 import pickle
 import subprocess
@@ -139,6 +140,26 @@ def test_infer_writes_every_good_file_and_lists_every_bad_one(tmp_path, weights,
     for rel, reason in bad.items():
         assert any(line.startswith(f"failed: {mixed / rel}: ") and reason in line for line in failed), rel
     assert any(missing in line and "no such file" in line for line in failed)
+    assert "Traceback" not in captured.err
+
+
+def test_eval_scores_every_good_file_and_lists_every_bad_one(tmp_path, weights, capsys):
+    mixed = tmp_path / "in put ü"
+    good = make_good_inputs(str(mixed))
+    bad = make_bad_inputs(str(mixed))
+    out = tmp_path / "eval"
+    rc = cb.main(["--eval", str(mixed), "--weights", weights, "--out", str(out),
+                  "--max-pixels", str(TEST_MAX_PIXELS), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    failed = [line for line in captured.err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == len(bad)
+    for rel, reason in bad.items():
+        assert any(line.startswith(f"failed: {rel}: ") and reason in line for line in failed), rel
+    with open(out / "metrics.csv") as f:
+        status = {row["file"]: row["status"] for row in csv.DictReader(f)}
+    assert {rel for rel in good} <= set(status)  # every good file was read: scored, or left out as gray
+    assert all(status[rel] in ("ok", "gray") for rel in good)
     assert "Traceback" not in captured.err
 
 

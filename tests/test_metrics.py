@@ -32,8 +32,7 @@ def test_ssim_of_identical_images_is_one_and_lower_otherwise():
 def test_ssim_small_images_use_a_smaller_window():
     x = photo(5, 4)
     assert metrics.ssim(x, x) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="3x3"):
-        metrics.ssim(photo(2, 8), photo(2, 8))
+    assert np.isnan(metrics.ssim(photo(2, 8), photo(2, 8)))  # undefined below 3 pixels: NaN, not a failure
 
 
 def test_ciede2000_identical_is_zero_and_black_white_is_100():
