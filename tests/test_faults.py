@@ -37,11 +37,11 @@ sys.exit(colorize_base.main())
 """
 
 
-def start(script, args, log_path):
+def start(script, args, log_path, **popen_args):
     """A training subprocess with stdout and stderr going to log_path (a file: no pipe to fill up)."""
     with open(log_path, "w") as log:
         return subprocess.Popen([sys.executable, script, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen_args)
 
 
 def wait_for(proc, condition, what, timeout=90):
@@ -243,3 +243,24 @@ def test_exported_model_in_run_dir_is_not_resumed_from(tmp_path):
     cb.save_checkpoint({"format_version": cb.FORMAT_VERSION, "cfg": cfg, "netG_ema": {}}, str(run_dir / "checkpoint.pt"))
     with pytest.raises(cb.UserError, match=r"cannot resume from it \(not a full training checkpoint: KeyError"):
         cb.train(cfg)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM to the process group"])
+def test_interrupt_saves_a_checkpoint_and_exits(tmp_path, how):
+    """Ctrl-C, or a scheduler's SIGTERM to every process (data workers included), finishes the step,
+    saves it and exits 130; the next run resumes exactly there."""
+    data, run_dir = make_photos(tmp_path / "data"), tmp_path / "run"
+    args = train_args(data, run_dir, 1000, "--save-every", "1000", "--num-workers", "1")
+    log_path = tmp_path / "out.txt"
+    proc = start(os.path.join(REPO, "colorize_base.py"), args, log_path, start_new_session=True)
+    wait_for(proc, lambda: logged_steps(run_dir) >= 2, "step 2")
+    if how == "SIGINT":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130, log_path.read_text()
+    out = log_path.read_text()
+    step = saved_step(run_dir)
+    assert step >= 2 and f"interrupted: saved {run_dir / 'checkpoint.pt'} at step {step};" in out
+    assert "Traceback" not in out
+    resume_and_finish(tmp_path, data, run_dir, step + 2)
