@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 IMG_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -168,7 +169,7 @@ def is_grayscale(rgb, tol=2 / 255):
 def scan_images(paths, max_pixels, log=print):
     """Check every training image once: returns (colour files, n_bad, n_gray), warning once per bad file."""
     good, n_bad, n_gray = [], 0, 0
-    for path in find_images(paths):
+    for path in tqdm(find_images(paths), desc="checking images", unit="img", leave=False, dynamic_ncols=True):
         try:
             rgb, _ = load_image(path, max_pixels)
         except BadImageError as e:
