@@ -129,3 +129,21 @@ def test_end_to_end_train_then_infer_cli(tmp_path):
     assert r2.returncode == 0
     assert np.array_equal(np.asarray(Image.open(out / "plain.png")),
                           np.asarray(Image.open(tmp_path / "out2" / "plain.png")))
+
+
+def test_export_keeps_only_the_ema_generator_in_float16(tmp_path):
+    cfg = photos_and_cfg(tmp_path, 2)
+    cb.train(cfg)
+    ckpt_path = os.path.join(cfg["RUN_DIR"], "checkpoint.pt")
+    out = tmp_path / "weights" / "small.pt"
+    assert cb.main(["--export", str(out), "--weights", ckpt_path]) == 0
+    small = cb.load_checkpoint(str(out))
+    assert set(small) == {"format_version", "cfg", "step", "netG_ema"} and small["step"] == 2
+    assert all(v.dtype == torch.float16 for v in small["netG_ema"].values() if v.is_floating_point())
+    assert os.path.getsize(out) < os.path.getsize(ckpt_path) / 4
+    rgb = np.asarray(Image.open(tmp_path / "data" / "p0.png"), dtype=np.float32) / 255
+    full, _ = cb.load_generator(ckpt_path, torch.device("cpu"))
+    half, _ = cb.load_generator(str(out), torch.device("cpu"))
+    a = cb.colorize_image(full, rgb, 64, torch.device("cpu"))
+    b = cb.colorize_image(half, rgb, 64, torch.device("cpu"))
+    assert np.abs(a - b).max() < 2 / 255  # float16 storage changes the colours by less than two 8-bit steps
