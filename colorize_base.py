@@ -718,11 +718,7 @@ def infer(cfg, inputs, debug=False):
         except FileNotFoundError:
             failed.append((p, "no such file, folder or pattern"))
     files = sorted(set(files))
-    out_dir = cfg["OUT_DIR"]
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
+    out_dir = make_output_dir(cfg["OUT_DIR"])
     targets = output_paths(inputs, files, out_dir)
     n_ok = 0
     for f in tqdm(files, desc="colorize", unit="img", dynamic_ncols=True):
@@ -734,18 +730,32 @@ def infer(cfg, inputs, debug=False):
                 img = np.concatenate([img, np.round(alpha * 255).astype(np.uint8)[..., None]], axis=2)
             write_png(img, targets[f])
             n_ok += 1
-        except BadImageError as e:
-            failed.append((f, str(e).removeprefix(f + ": ")))
         except Exception as e:  # keep going: one bad file must not end a batch of thousands
-            if debug:
+            if debug and not isinstance(e, BadImageError):
                 raise
-            failed.append((f, f"unexpected error {type(e).__name__}: {e} (run with --debug for details)"))
+            failed.append((f, failure_reason(f, e)))
     print(f"colorized {n_ok} of {n_ok + len(failed)} files into {out_dir}")
     if failed:
         print(f"{len(failed)} failed:", file=sys.stderr)
     for f, why in failed:
         print(f"failed: {f}: {why}", file=sys.stderr)
     return len(failed)
+
+
+def make_output_dir(path):
+    """Create an output folder, or stop with a message naming it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {path}: {e.strerror or e}") from None
+    return path
+
+
+def failure_reason(path, error):
+    """One line saying why a file failed: a BadImageError's own reason, else the unexpected error."""
+    if isinstance(error, BadImageError):
+        return str(error).removeprefix(path + ": ")
+    return f"unexpected error {type(error).__name__}: {error} (run with --debug for details)"
 
 
 def write_png(img, path):
@@ -849,10 +859,7 @@ def evaluate(cfg, data_dir, out_dir, debug=False):
         raise UserError(f"--eval: {e}") from None
     if not files:
         raise UserError(f"--eval {data_dir}: no image files there (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    make_output_dir(out_dir)
     root = data_dir if os.path.isdir(data_dir) else os.path.dirname(data_dir)
     sample = set(files[:: max(1, len(files) // cfg["NUM_SAMPLES"])][: cfg["NUM_SAMPLES"]])
     rows, panels = [], []
@@ -874,10 +881,9 @@ def evaluate(cfg, data_dir, out_dir, debug=False):
             if f in sample:
                 panels.append((gray, ours, truth))
         except Exception as e:  # one bad file must not end the evaluation
-            if debug:
+            if debug and not isinstance(e, BadImageError):
                 raise
-            why = str(e).removeprefix(f + ": ") if isinstance(e, BadImageError) else f"{type(e).__name__}: {e}"
-            row = {"file": row["file"], "status": "failed", "error": why}
+            row = {"file": row["file"], "status": "failed", "error": failure_reason(f, e)}
         rows.append(row)
 
     columns = ["file", "status", "width", "height"] + list(METRICS) + [m + "_gray" for m in METRICS] \
