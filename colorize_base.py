@@ -541,8 +541,7 @@ def _train(cfg, fresh, rank, world, device):
     if new_log and master:
         writer.writerow(["step", "epoch", *LOSS_NAMES, "bad_steps", "images_per_s", "data_wait_s"])
         log_file.flush()
-    names = LOSS_NAMES
-    sums, n_sum, bad_in_row = torch.zeros(len(names)), 0, 0
+    sums, n_sum, bad_in_row = torch.zeros(len(LOSS_NAMES)), 0, 0
     t_log, data_wait = time.time(), 0.0
     pbar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not master)
     try:
@@ -583,7 +582,7 @@ def _train(cfg, fresh, rank, world, device):
                 writer.writerow([step, epoch] + [f"{v:.5f}" for v in (sums / n_sum).tolist()]
                                 + [bad_total, f"{n_sum * batch_size * world / dt:.2f}", f"{data_wait:.2f}"])
                 log_file.flush()
-                sums, n_sum, t_log, data_wait = torch.zeros(len(names)), 0, time.time(), 0.0
+                sums, n_sum, t_log, data_wait = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0
             if master and (step % cfg["SAMPLE_EVERY"] == 0 or step == total_steps):
                 save_sample_grid(netG_ema, sample_rgb, os.path.join(run_dir, "samples", f"step_{step:07d}.png"),
                                  device)
