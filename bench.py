@@ -5,7 +5,7 @@
 
 Training: images/s of the full GAN step (colorize_base.train_step: G, the NUM_D discriminators, all
 losses, forward and backward, both optimizer steps, plus the EMA update), with the time spent waiting
-for the data loader reported separately. Inference: median latency of colorize_image, as --infer runs
+for the data loader reported separately. Inference: median latency of Colorizer.colorize, as --infer runs
 it, for square inputs of several sizes. Memory: peak process RSS on CPU (each training configuration
 in a fresh process, so peaks do not carry over), torch.cuda.max_memory_allocated on CUDA; the largest
 batch that fits a budget. The hardware limit: FLOPs of a step counted with FlopCounterMode, against
@@ -20,16 +20,20 @@ import queue
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import colorize_base as cb
-from models import build_generator
+from checkpoint import TrainState, UserError
+from colorizer import Colorizer, pick_device, save_png
 from data import ColorizationDataset, find_images, to_net_input
+from models import build_generator
 
 DESIGN_DOC = {128: 150, 256: 25}  # images per batch the design document fits on a 16 GB GPU, by crop size
 GB = 1024 ** 3
@@ -146,10 +150,10 @@ def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, n
     """Time `steps` full training steps at size x size after `warmup` (the first one counts the FLOPs)."""
     device = torch.device(device_name)
     torch.manual_seed(cfg["SEED"])
-    netG, netD, netG_ema, optG, optD, scaler, amp, vgg = cb.build_gan(cfg, device)
+    state, amp = TrainState.build(cfg, device), cb.autocast_for(device, cfg)
     batches = data_batches(files, size, batch_size, max(1, warmup) + steps, num_workers, device)
-    netG.train()
-    netD.train()
+    state.netG.train()
+    state.netD.train()
     reset_peak_memory(device)
 
     def step():
@@ -157,8 +161,8 @@ def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, n
         batch = next(batches)
         wait = time.perf_counter() - t0
         real_A, real_B = to_net_input(batch, device)
-        cb.train_step(netG, netD, optG, optD, scaler, real_A, real_B, cfg, amp, vgg)
-        cb.update_ema(netG_ema, netG, cfg["EMA_DECAY"])
+        cb.train_step(state, real_A, real_B, cfg, amp)
+        cb.update_ema(state.netG_ema, state.netG, cfg["EMA_DECAY"])
         sync(device)
         return wait
 
@@ -220,28 +224,47 @@ def synthetic_photo(size, seed=0):
     return np.clip(np.stack([x, y, 1 - x + noise], axis=2), 0, 1)
 
 
-def bench_infer(cfg, sizes, repeats, warmup, device_name, render_size):
-    """Median latency of colorize_image (float32, batch 1, as --infer) for each square input size."""
-    device = torch.device(device_name)
+def random_colorizer(cfg, device, render_size):
+    """A Colorizer with random weights: the same speed and memory as a trained one."""
     torch.manual_seed(cfg["SEED"])
-    netG = build_generator(cfg).to(device).eval().requires_grad_(False)  # random weights: same speed
+    netG = build_generator(cfg).to(device).eval().requires_grad_(False)
+    return Colorizer(netG, cfg, device, render_size)
+
+
+def bench_infer(cfg, sizes, repeats, warmup, device_name, render_size):
+    """Median latency of Colorizer.colorize (float32, batch 1, as --infer) for each square input size."""
+    device = torch.device(device_name)
+    colorizer = random_colorizer(cfg, device, render_size)
     results = []
     for size in sorted(sizes):  # increasing, so the running peak RSS on CPU is this size's peak
         rgb = synthetic_photo(size)
         reset_peak_memory(device)
         with FlopCounterMode(display=False) as counter:
-            cb.colorize_image(netG, rgb, render_size, device)
+            colorizer.colorize(rgb)
         for _ in range(warmup):
-            cb.colorize_image(netG, rgb, render_size, device)
+            colorizer.colorize(rgb)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            cb.colorize_image(netG, rgb, render_size, device)  # returns a numpy array: synchronised
+            colorizer.colorize(rgb)  # returns a PIL image: synchronised
             times.append(time.perf_counter() - t0)
         results.append({"input_px": size, "render_px": min(render_size, size), "repeats": repeats,
                         "latency_s_median": statistics.median(times), "flops": counter.get_total_flops(),
                         "peak_memory_bytes": peak_memory(device)})
     return results
+
+
+def bench_huge_file(cfg, px, device_name, render_size, folder):
+    """--infer on one px x px PNG, from reading the file to writing the PNG: seconds and peak memory
+    (the process's peak RSS on CPU: run it isolated)."""
+    device = torch.device(device_name)
+    path = os.path.join(folder, f"huge_{px}.png")
+    colorizer = random_colorizer(cfg, device, render_size)
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    save_png(colorizer.colorize(path), os.path.join(folder, f"huge_{px}_out.png"))
+    return {"input_px": px, "render_px": render_size, "seconds": time.perf_counter() - t0,
+            "peak_memory_bytes": peak_memory(device)}
 
 
 # -----------------------------------------------------------------------------
@@ -273,7 +296,10 @@ def format_report(report):
                      for s, b in report["max_batch"].items())
     lines.append(f"largest batch within {budget:g} GB ({how}): {fits}")
     lines.append(f"design document, 16 GB GPU: {', '.join(f'{s} px: {b}' for s, b in DESIGN_DOC.items())}")
-    lines += ["", f"inference: colorize_image as --infer (float32, batch 1), network at {report['render_size']} px "
+    for r in report.get("huge", []):
+        lines.append(f"huge photo: {r['input_px']}x{r['input_px']} PNG file -> PNG file at render {r['render_px']} px: "
+                     f"{r['seconds']:.1f} s, {mem} {r['peak_memory_bytes'] / GB:.2f}")
+    lines += ["", f"inference: Colorizer.colorize as --infer (float32, batch 1), network at {report['render_size']} px "
                   f"on the longer side; median of {report['infer'][0]['repeats'] if report['infer'] else 0} runs",
               f"{'input px':>9} {'render px':>10} {'median ms':>10} {'GFLOP':>8} {'of matmul':>10} {mem:>13}"]
     for r in report["infer"]:
@@ -298,6 +324,8 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 CPU, 3 CUDA)")
     p.add_argument("--infer-sizes", type=_ints, default=[256, 512, 1024, 2048], help="square inference inputs, px")
     p.add_argument("--repeats", type=int, default=5, help="timed inference runs per size")
+    p.add_argument("--huge-px", type=_ints, default=[], help="also run --infer on a PNG of this side, px "
+                   "(e.g. 9000: the peak memory of a 81-megapixel photo)")
     p.add_argument("--render-size", type=int, default=cb.CONSTANTS["RENDER_SIZE"], help="inference RENDER_SIZE, px")
     p.add_argument("--mem-budget-gb", type=float, default=16.0, help="memory budget for the largest batch, GB")
     p.add_argument("--data", default=cb.CONSTANTS["DATA_DIR"],
@@ -330,8 +358,8 @@ def resolve_data(spec):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        device = cb.pick_device({"DEVICE": args.device})
-    except cb.UserError as e:
+        device = pick_device(args.device)
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cuda = device.type == "cuda"
@@ -374,6 +402,15 @@ def main(argv=None):
             report["max_batch"][size] = max_batch_estimate(points, budget)
     call = (cfg, args.infer_sizes, args.repeats, 1, str(device), args.render_size)
     report["infer"] = run_isolated(bench_infer, *call) if isolate else bench_infer(*call)
+    with tempfile.TemporaryDirectory() as folder:
+        for px in args.huge_px:
+            y = np.linspace(0, 255, px, dtype=np.float32)
+            gray = ((y[:, None] + y[None, :]) / 2).astype(np.uint8)  # a gray ramp: compresses fast
+            Image.fromarray(gray).save(os.path.join(folder, f"huge_{px}.png"), compress_level=1)
+            del y, gray
+            call = (cfg, px, str(device), args.render_size, folder)
+            report.setdefault("huge", []).append(run_isolated(bench_huge_file, *call) if isolate
+                                                 else bench_huge_file(*call))
 
     print(format_report(report))
     out = os.path.abspath(args.out)

@@ -3,8 +3,10 @@
 Colour conversion is done in torch on whole batches so it runs on the training
 device; it follows scikit-image's rgb2lab / lab2rgb (sRGB, D65, 2 degree observer).
 """
+import fnmatch
 import glob
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -82,56 +84,86 @@ def is_image_file(path):
 
 
 def find_images(paths):
-    """Expand files, folders (recursive) and glob patterns into a sorted list of image paths.
+    """Expand files, folders (recursive) and glob patterns into a sorted list of image paths, each
+    real file once however many names (symlinks, overlapping patterns) lead to it.
 
-    A path that matches nothing raises FileNotFoundError naming it.
+    A path that matches nothing raises FileNotFoundError naming it. A named path that is not a
+    regular file (a FIFO, socket or device) is kept, so that loading it names it as such.
     """
     found = []
     for p in paths:
         p = os.path.expanduser(str(p))
         if os.path.isdir(p):
-            for root, _, files in os.walk(p):
+            for root, _, files in os.walk(p):  # symlinked folders are not followed: no loops
                 found += [os.path.join(root, f) for f in files if is_image_file(f)]
-        elif os.path.isfile(p):
+        elif os.path.lexists(p):
             found.append(p)  # named explicitly: let loading say if it is not an image
         else:
-            matches = [m for m in glob.glob(p, recursive=True) if os.path.isfile(m)]
+            matches = _glob_recursive(p) if "**" in p else glob.glob(p)
+            matches = [m for m in matches if not os.path.isdir(m)]
             if not matches:
                 raise FileNotFoundError(f"no such file, folder or pattern: {p}")
             found += matches
-    return sorted(set(found))
+    unique = {}
+    for f in sorted(set(found)):
+        unique.setdefault(os.path.realpath(f), f)
+    return sorted(unique.values())
 
 
-def load_image(path, max_pixels=100_000_000):
-    """Read any common image file as float RGB in [0, 1], shape (H, W, 3), plus alpha (H, W) or None.
+def _glob_recursive(pattern):
+    """glob.glob(pattern, recursive=True), except that each real folder is entered once, so
+    symlink loops end instead of descending until the path is too long."""
+    parts = pattern.split(os.sep)
+    k = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = os.sep.join(parts[:k]) or (os.sep if pattern.startswith(os.sep) else os.curdir)
+    found, seen = [], set()
+    for root, dirs, files in os.walk(base, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for f in files:
+            path = os.path.join(root, f)
+            if _match_parts(os.path.relpath(path, base).split(os.sep), parts[k:]):
+                found.append(path if parts[:k] else os.path.relpath(path))
+    return found
 
-    EXIF orientation is applied; 16-bit, palette, CMYK, LA/RGBA and grayscale inputs are handled;
-    an animated file gives its first frame; any size from 1x1 up to max_pixels is accepted.
-    Raises BadImageError naming the file, with a plain reason.
-    """
+
+def _match_parts(names, patterns):
+    """fnmatch over path components, where a "**" component matches any number of them."""
+    if not patterns:
+        return not names
+    if patterns[0] == "**":
+        return any(_match_parts(names[i:], patterns[1:]) for i in range(len(names) + 1))
+    return bool(names) and fnmatch.fnmatchcase(names[0], patterns[0]) and _match_parts(names[1:], patterns[1:])
+
+
+def open_image(path, max_pixels=100_000_000):
+    """Open an image file as a decoded PIL image as displayed: EXIF orientation applied, the first
+    frame of an animation. Raises BadImageError naming the file, with a plain reason; never blocks
+    on a FIFO or device."""
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise BadImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
-                                    f"(raise --max-pixels if you trust this file)")
-            img.seek(0)
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            alpha = None
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit (or 32-bit integer) grayscale: keep the extra precision
-                arr = np.asarray(img, dtype=np.float32)
-                scale = 65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0
-                gray = np.clip(arr / scale, 0, 1)
-                return np.repeat(gray[..., None], 3, axis=2), None
-            if img.mode == "F":
-                gray = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
-                return np.repeat(gray[..., None], 3, axis=2), None
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                alpha = np.asarray(img, dtype=np.float32)[..., 3] / 255
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: file does not exist") from None
+    except OSError as e:
+        raise BadImageError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise BadImageError(f"{path}: is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise BadImageError(f"{path}: not a regular file (a pipe, socket or device), so not read")
+    try:
+        img = Image.open(path)
+        w, h = img.size
+        if w * h > max_pixels:
+            img.close()
+            raise BadImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+                                f"(raise --max-pixels if you trust this file)")
+        img.seek(0)
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a huge photo
+        return img
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -141,7 +173,41 @@ def load_image(path, max_pixels=100_000_000):
                             f"{2 * Image.MAX_IMAGE_PIXELS} pixels (--max-pixels is {max_pixels})") from None
     except Exception as e:  # decoders of damaged files raise all sorts (OSError, SyntaxError, struct.error...)
         raise BadImageError(f"{path}: {_plain_reason(path, e)}") from None
+
+
+def image_to_array(img):
+    """A PIL image (or a crop of one) as float RGB in [0, 1], shape (H, W, 3), plus alpha (H, W) or None.
+    16-bit, palette, CMYK, LA/RGBA and grayscale images are handled; 16-bit keeps its precision."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) grayscale: keep the extra precision
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
+        gray = np.clip(arr / scale, 0, 1)
+        return np.repeat(gray[..., None], 3, axis=2), None
+    if img.mode == "F":
+        gray = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
+        return np.repeat(gray[..., None], 3, axis=2), None
+    alpha = None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        alpha = np.asarray(img, dtype=np.float32)[..., 3] / 255
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    rgb /= 255
     return rgb, alpha
+
+
+def load_image(path, max_pixels=100_000_000):
+    """Read any common image file as float RGB in [0, 1], shape (H, W, 3), plus alpha (H, W) or None.
+
+    EXIF orientation is applied; 16-bit, palette, CMYK, LA/RGBA and grayscale inputs are handled;
+    an animated file gives its first frame; any size from 1x1 up to max_pixels is accepted.
+    Raises BadImageError naming the file, with a plain reason.
+    """
+    with open_image(path, max_pixels) as img:
+        try:
+            return image_to_array(img)
+        except Exception as e:
+            raise BadImageError(f"{path}: {_plain_reason(path, e)}") from None
 
 
 def _plain_reason(path, error):

@@ -81,11 +81,12 @@ class VGGLoss(nn.Module):
                 "'vgg19-dcbb9e9d.pth' (torchvision.models.VGG19_Weights.IMAGENET1K_V1), copy it here and pass "
                 "--vgg-weights PATH, or set LAMBDA_VGG = 0 to train without the perceptual loss.")
         net = vgg19()
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
         try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{weights_path}: not a torchvision VGG19 state dict ({e})") from None
+            net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        except Exception as e:  # unpickling and shape errors alike: the file is not what we need
+            first_line = (str(e).strip().splitlines() or [""])[0][:120]
+            raise ValueError(f"{weights_path}: not a torchvision VGG19 state dict ({type(e).__name__}: {first_line})") \
+                from None
         features = net.features[:self.SLICES[-1]].eval()
         starts = (0,) + self.SLICES[:-1]
         self.slices = nn.ModuleList(features[a:b] for a, b in zip(starts, self.SLICES))

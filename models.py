@@ -81,10 +81,22 @@ class UnetGenerator(nn.Module):
             if 2 ** i in attn_factors:  # output of up[j] is at input / 2**i
                 self.attn[str(j)] = SelfAttention(widths[i - 1], use_sn)
 
+    @property
+    def multiple(self):
+        """Input sides must be multiples of this: the resolution is halved n_downs times."""
+        return 2 ** self.n_downs
+
+    def pad(self, x):
+        """Pad (B, C, h, w) on the bottom and right, repeating the edge, to the next multiple;
+        crop the output back with [..., :h, :w]."""
+        m = self.multiple
+        return F.pad(x, (0, -x.shape[-1] % m, 0, -x.shape[-2] % m), mode="replicate")
+
     def forward(self, x):
-        m = 2 ** self.n_downs
+        m = self.multiple
         if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f"generator input sides must be multiples of {m}, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"generator input sides must be multiples of {m}, got {tuple(x.shape[-2:])} "
+                             f"(pad them with netG.pad)")
         skips = []
         for block in self.down:
             x = block(x)

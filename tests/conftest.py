@@ -6,6 +6,7 @@ the same fixtures can be run through --infer, --eval and training data scans.
 import io
 import os
 import struct
+import subprocess
 import sys
 import zlib
 
@@ -14,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 # Tiny networks gain nothing from threads, and on a busy two-core machine competing threads make a
 # step 50x slower. Subprocesses started by the tests inherit the variable.
@@ -62,8 +64,38 @@ def tiny_cfg(data, run_dir, steps, *extra):
 
 
 def saved_step(run_dir):
+    from checkpoint import load_checkpoint
+    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["step"]
+
+
+def run_cli(*args, timeout=300, **popen_args):
+    """The real command line, `python colorize_base.py ARGS`, in a subprocess: a CompletedProcess
+    with text stdout and stderr."""
+    return subprocess.run([sys.executable, os.path.join(REPO, "colorize_base.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, **popen_args)
+
+
+def tiny_checkpoint(path, zero_output=False, **constants):
+    """An untrained tiny generator saved like an exported model: enough to exercise --infer and
+    --eval. zero_output: the last convolution gives 0, so ab = tanh(0) = 0 (exactly the gray image)."""
     import colorize_base as cb
-    return cb.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["step"]
+    from checkpoint import FORMAT_VERSION, save_checkpoint
+    from models import build_generator
+    cfg = {**cb.CONSTANTS, "NGF": 8, "N_DOWNS": 3, "ATTN_FACTORS": (4,), **constants}
+    torch.manual_seed(0)
+    netG = build_generator(cfg)
+    if zero_output:
+        last = netG.up[-1][2]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    save_checkpoint({"format_version": FORMAT_VERSION, "cfg": cfg, "step": 0, "netG_ema": netG.state_dict()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A tiny untrained generator file, shared by the tests that only need some model."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt")
 
 
 def write_png16(path, rgb16):

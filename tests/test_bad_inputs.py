@@ -2,8 +2,6 @@
 import csv
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,30 +9,10 @@ import torch
 from PIL import Image
 
 import colorize_base as cb
-from conftest import TEST_MAX_PIXELS, TINY_ARGS, make_bad_inputs, make_good_inputs, photo
+from checkpoint import UserError, load_checkpoint, load_generator
+from colorizer import output_paths
+from conftest import TEST_MAX_PIXELS, make_bad_inputs, make_good_inputs, photo, run_cli
 from data import BadImageError, find_images, load_image, scan_images
-from models import build_generator
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """An untrained tiny generator saved like an exported model: enough to exercise --infer."""
-    cfg = cb.make_config(cb.build_parser().parse_args(["--train", *TINY_ARGS]))
-    torch.manual_seed(0)
-    netG = build_generator(cfg)
-    path = str(tmp_path_factory.mktemp("weights") / "tiny.pt")
-    cb.save_checkpoint({"format_version": cb.FORMAT_VERSION, "cfg": cfg, "step": 0,
-                        "netG_ema": netG.state_dict()}, path)
-    return path
-
-
-def run_cli(*args):
-    """The real command line in a subprocess: (exit code, stdout, stderr)."""
-    p = subprocess.run([sys.executable, os.path.join(REPO, "colorize_base.py"), *args],
-                       capture_output=True, text=True, timeout=120)
-    return p.returncode, p.stdout, p.stderr
 
 
 # -----------------------------------------------------------------------------
@@ -109,11 +87,11 @@ def test_scan_images_skips_bad_files_with_one_warning_each(tmp_path):
 def test_outputs_mirror_folders_and_never_overwrite_inputs(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     files = [str(a / "x.jpg"), str(a / "x.png"), str(b / "x.jpg")]
-    out = cb.output_paths([str(tmp_path)], files, str(a))  # --out is an input folder
+    out = output_paths([str(tmp_path)], files, str(a))  # --out is an input folder
     assert len(set(out.values())) == 3
     assert not set(out.values()) & set(files)
     assert out[str(b / "x.jpg")] == str(a / "b" / "x.png")  # mirrored under --out
-    loose = cb.output_paths(files, files, str(tmp_path / "out"))  # files named one by one
+    loose = output_paths(files, files, str(tmp_path / "out"))  # files named one by one
     assert len(set(loose.values())) == 3
 
 
@@ -195,9 +173,9 @@ def test_infer_one_unwritable_output_does_not_stop_the_others(tmp_path, weights,
 def test_output_folder_that_cannot_be_created(tmp_path, weights):
     make_good_inputs(str(tmp_path / "in"))
     (tmp_path / "blocker").write_text("not a folder")
-    rc, out, err = run_cli("--infer", str(tmp_path / "in"), "--weights", weights,
-                           "--out", str(tmp_path / "blocker" / "out"))
-    assert rc == 2
+    p = run_cli("--infer", tmp_path / "in", "--weights", weights, "--out", tmp_path / "blocker" / "out")
+    err = p.stderr
+    assert p.returncode == 2
     assert f"cannot create output folder {tmp_path / 'blocker' / 'out'}" in err
     assert "Traceback" not in err
 
@@ -227,11 +205,11 @@ def bad_weights(folder, weights):
 
 def test_bad_weights_are_refused_by_name(tmp_path, weights):
     for path, reason in bad_weights(str(tmp_path), weights).items():
-        with pytest.raises(cb.UserError, match=reason) as e:
-            cb.load_generator(path, torch.device("cpu"))
+        with pytest.raises(UserError, match=reason) as e:
+            load_generator(path, torch.device("cpu"))
         assert str(e.value).startswith(path + ": ")
-    with pytest.raises(cb.UserError, match="does not exist"):
-        cb.load_generator(str(tmp_path / "nope.pt"), torch.device("cpu"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_generator(str(tmp_path / "nope.pt"), torch.device("cpu"))
 
 
 class _RunsCode:
@@ -246,8 +224,8 @@ def test_loading_weights_never_runs_code_from_the_file(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
     torch.save({"cfg": {}, "netG_ema": {}, "payload": _RunsCode(str(marker))}, path, pickle_module=pickle)
-    with pytest.raises(cb.UserError, match="not a readable checkpoint"):
-        cb.load_checkpoint(str(path))
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(str(path))
     assert not marker.exists()
 
 
@@ -256,10 +234,11 @@ def test_cli_bad_weights_message_has_no_traceback_unless_debug(tmp_path, weights
     bad = str(tmp_path / "truncated.pt")
     open(bad, "wb").write(open(weights, "rb").read()[:1000])
     args = ["--infer", str(tmp_path / "in" / "plain.jpg"), "--weights", bad, "--out", str(tmp_path / "out")]
-    rc, _, err = run_cli(*args)
-    assert rc == 2 and err.startswith(f"error: {bad}: not a readable checkpoint") and "Traceback" not in err
-    rc, _, err = run_cli(*args, "--debug")
-    assert rc != 0 and "Traceback" in err
+    p = run_cli(*args)
+    assert p.returncode == 2 and p.stderr.startswith(f"error: {bad}: not a readable checkpoint")
+    assert "Traceback" not in p.stderr
+    p = run_cli(*args, "--debug")
+    assert p.returncode != 0 and "Traceback" in p.stderr
 
 
 def test_any_decoder_failure_becomes_a_named_bad_image(tmp_path, monkeypatch):

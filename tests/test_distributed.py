@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import colorize_base as cb
+from checkpoint import load_checkpoint
 from conftest import TINY_ARGS, make_photos, saved_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,4 +42,4 @@ def test_torchrun_two_processes_train_and_resume(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "at step 3 " in r.stdout and saved_step(run_dir) == 5
     # the checkpoint is a plain one: single-process inference and training read it
-    assert cb.load_checkpoint(str(run_dir / "checkpoint.pt"))["cfg"]["NGF"] == 8
+    assert load_checkpoint(str(run_dir / "checkpoint.pt"))["cfg"]["NGF"] == 8

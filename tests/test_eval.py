@@ -8,21 +8,8 @@ import torch
 from PIL import Image
 
 import colorize_base as cb
-from conftest import make_photos
-from models import build_generator
-
-
-def tiny_checkpoint(path, zero_output=False):
-    cfg = {**cb.CONSTANTS, "NGF": 8, "N_DOWNS": 5}
-    torch.manual_seed(0)
-    netG = build_generator(cfg)
-    if zero_output:  # the last convolution gives 0, so ab = tanh(0) = 0: exactly the gray baseline
-        last = netG.up[-1][2]
-        torch.nn.init.zeros_(last.weight)
-        torch.nn.init.zeros_(last.bias)
-    cb.save_checkpoint({"format_version": cb.FORMAT_VERSION, "cfg": cfg, "step": 0,
-                        "netG_ema": netG.state_dict()}, str(path))
-    return str(path)
+from conftest import make_photos, tiny_checkpoint
+from evaluate import METRICS, gray_version
 
 
 def photos_and_gray(folder, n=3):
@@ -68,7 +55,7 @@ def test_generator_predicting_no_colour_scores_as_the_gray_baseline(tmp_path):
     weights = tiny_checkpoint(tmp_path / "g.pt", zero_output=True)
     assert cb.main(["--eval", str(photos), "--weights", weights, "--eval-dir", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
-    for metric in cb.METRICS:
+    for metric in METRICS:
         assert summary["ours"][metric] == pytest.approx(summary["gray"][metric])
 
 
@@ -95,9 +82,9 @@ def test_eval_size_must_not_be_negative(tmp_path, capsys):
 
 def test_gray_version_keeps_the_luminance_and_drops_the_colour():
     rgb = np.random.default_rng(1).random((12, 10, 3)).astype(np.float32)
-    gray = cb.gray_version(rgb)
+    gray = gray_version(rgb)
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
     L = cb.rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0, 0]
     L_gray = cb.rgb_to_lab(torch.from_numpy(gray).permute(2, 0, 1)[None])[0, 0]
     assert (L - L_gray).abs().max() < 0.5  # 8-bit rounding only
-    assert np.array_equal(cb.gray_version(gray), gray)  # a gray photo is its own gray version
+    assert np.array_equal(gray_version(gray), gray)  # a gray photo is its own gray version

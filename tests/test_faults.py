@@ -12,27 +12,30 @@ import torch
 
 import colorize_base as cb
 import losses
+from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from conftest import make_bad_inputs, make_good_inputs, make_photos, saved_step, tiny_cfg, train_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs colorize_base.main() with torch.save writing half the file, sleeping, then the rest: a kill
-# in the pause lands in the middle of a checkpoint save. Test-only, so the real save has no hook.
+# Runs colorize_base.main() with checkpoint files written half, a pause, then the rest: a kill in
+# the pause lands in the middle of a checkpoint save. Test-only, so the real save has no hook.
 SLOW_SAVE = """\
 import io, os, sys, time
 sys.path.insert(0, {repo!r})
-import torch
+import checkpoint
 import colorize_base
-real_save = torch.save
-def slow_save(obj, f, **kw):
-    buf = io.BytesIO()
-    real_save(obj, buf, **kw)
-    data = buf.getvalue()
-    f.write(data[: len(data) // 2])
-    f.flush()
-    time.sleep({seconds})
-    f.write(data[len(data) // 2:])
-torch.save = slow_save
+real_atomic_write = checkpoint.atomic_write
+def slow_atomic_write(path, write, what="file"):
+    def slow_write(f):
+        buf = io.BytesIO()
+        write(buf)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep({seconds})
+        f.write(data[len(data) // 2:])
+    real_atomic_write(path, slow_write, what)
+checkpoint.atomic_write = slow_atomic_write
 sys.exit(colorize_base.main())
 """
 
@@ -98,7 +101,7 @@ def test_kill9_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     kill9(proc)
     (tmp,) = temporaries(run_dir)
     with pytest.raises(cb.UserError, match="not a readable checkpoint"):
-        cb.load_checkpoint(str(run_dir / tmp))  # the half-written temporary file
+        load_checkpoint(str(run_dir / tmp))  # the half-written temporary file
     assert saved_step(run_dir) == 2  # the previous complete checkpoint is intact
     out = resume_and_finish(tmp_path, data, run_dir, 6)
     assert f"removed {run_dir / tmp}" in out  # the leftover did not confuse the resume
@@ -176,7 +179,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capsys):
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     assert [int(r["bad_steps"]) for r in rows] == [0, 0, 1, 1, 2, 2]
     assert capsys.readouterr().out.count("warning: non-finite loss or gradient") == 2
-    assert cb.load_checkpoint(str(run_dir / "checkpoint.pt"))["bad_steps"] == 2
+    assert load_checkpoint(str(run_dir / "checkpoint.pt"))["bad_steps"] == 2
 
 
 def test_too_many_nonfinite_steps_in_a_row_stop_with_checkpoint_intact(tmp_path, monkeypatch):
@@ -223,10 +226,9 @@ def test_unusable_checkpoint_in_run_dir_is_named(tmp_path):
 
 def test_second_run_in_the_same_run_dir_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    held = cb.lock_run_dir(str(run_dir))  # as if another training run were using it
-    with pytest.raises(cb.UserError, match=f"{run_dir} is in use by another training run"):
-        cb.train(tiny_cfg(make_photos(tmp_path / "data"), run_dir, 2))
-    held.close()
+    with cb.lock_run_dir(str(run_dir)):  # as if another training run were using it
+        with pytest.raises(cb.UserError, match=f"{run_dir} is in use by another training run"):
+            cb.train(tiny_cfg(make_photos(tmp_path / "data"), run_dir, 2))
     assert cb.train(tiny_cfg(tmp_path / "data", run_dir, 2)) == 2
 
 
@@ -240,7 +242,7 @@ def test_exported_model_in_run_dir_is_not_resumed_from(tmp_path):
     data, run_dir = make_photos(tmp_path / "data"), tmp_path / "run"
     cfg = tiny_cfg(data, run_dir, 2)
     run_dir.mkdir()
-    cb.save_checkpoint({"format_version": cb.FORMAT_VERSION, "cfg": cfg, "netG_ema": {}}, str(run_dir / "checkpoint.pt"))
+    save_checkpoint({"format_version": FORMAT_VERSION, "cfg": cfg, "netG_ema": {}}, str(run_dir / "checkpoint.pt"))
     with pytest.raises(cb.UserError, match=r"cannot resume from it \(not a full training checkpoint: KeyError"):
         cb.train(cfg)
 

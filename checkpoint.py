@@ -1,0 +1,210 @@
+"""Files that must never be half-written, and the checkpoint format.
+
+atomic_write is the one way this tool writes a file that matters (checkpoints, exports, logs,
+output PNGs, eval reports). TrainState holds everything a training run changes, with the
+save/load pair that defines the checkpoint keys; load_checkpoint and load_generator read
+checkpoints and exported models, and refuse anything malformed with a message naming the file.
+"""
+import copy
+import errno
+import io
+import os
+from contextlib import suppress
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from models import build_discriminator, build_generator
+
+FORMAT_VERSION = 1
+
+
+class UserError(Exception):
+    """A problem with what the user asked for or gave; printed as one line, without a traceback."""
+
+
+# -----------------------------------------------------------------------------
+# Writing files all or nothing
+
+TMP_MARK = ".tmp"  # every temporary file's name has it: ".<name>.tmp<pid>"
+
+
+def describe_os_error(e):
+    """An OSError in words a user can act on."""
+    return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied", errno.EFBIG: "the file is over the size limit of this process",
+            errno.ENAMETOOLONG: "the file name is too long",
+            }.get(e.errno, e.strerror or str(e))
+
+
+def atomic_write(path, write, what="file"):
+    """Write path all or nothing: write(f) fills a temporary file in the same folder, which is
+    flushed to disk and renamed over path. A crash, a kill or a full disk at any moment leaves
+    the previous file (if any) whole and, except after kill -9, no temporary file. On any OS
+    error, raises UserError "cannot write the {what} {path}: <why>"."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name[:200]}{TMP_MARK}{os.getpid()}")  # stays under the 255-byte name limit
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # also Ctrl-C / SIGTERM: no partial file is left behind
+        with suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write the {what} {path}: {describe_os_error(e)}") from None
+        raise
+    with suppress(OSError):  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder, log):
+    """Delete the temporary files of saves that were killed before their rename."""
+    for f in sorted(os.listdir(folder)):
+        if f.startswith(".") and TMP_MARK in f:
+            os.remove(os.path.join(folder, f))
+            log(f"removed {os.path.join(folder, f)}, left by a save that did not finish")
+
+
+def save_checkpoint(obj, path, what="checkpoint"):
+    """torch.save through atomic_write. Serialized in memory first: torch.save turns a failed write
+    (a full disk) into an unhelpful RuntimeError, f.write keeps the OSError that says why."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), what)
+
+
+# -----------------------------------------------------------------------------
+# Reading checkpoints and exported models
+
+def short_reason(error, width=150):
+    """The informative line of a library error, cut to one short line (the whole story is in --debug)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]  # load_state_dict: the first mismatch says more than the heading
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def load_checkpoint(path):
+    """Read a checkpoint or exported model without running code from it (weights_only=True), and
+    check the fields every reader relies on."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a weights file (pass --weights FILE)")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file can fail anywhere inside the unpickler (KeyError, UnpicklingError...)
+        raise UserError(f"{path}: not a readable checkpoint (truncated, damaged or not made by this tool): "
+                        f"{short_reason(e)}") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), dict) and isinstance(ckpt.get("netG_ema"), dict)):
+        raise UserError(f"{path}: not a checkpoint of this tool (no 'cfg' / 'netG_ema' entries)")
+    for key in ("format_version", "step"):
+        value = ckpt.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise UserError(f"{path}: damaged checkpoint: {key} should be a whole number >= 0, got {value!r}")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this code "
+                        f"({FORMAT_VERSION}); update the code")
+    bad = [k for k, v in ckpt["netG_ema"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{path}: damaged checkpoint: netG_ema entry {bad[0]!r} is not a tensor")
+    return ckpt
+
+
+def check_finite(state, path, what):
+    """Refuse a state dict holding NaN or Inf: such a network paints every photo black."""
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise UserError(f"{path}: {what} weight {k!r} holds NaN or Inf values (a diverged or damaged "
+                            f"model); use an earlier checkpoint")
+
+
+def load_generator(path, device, defaults=None):
+    """The EMA generator stored in a checkpoint, rebuilt from the constants saved with it, in eval
+    mode: (netG, cfg). defaults fills constants that older checkpoints did not store."""
+    ckpt = load_checkpoint(path)
+    cfg = {**(defaults or {}), **ckpt["cfg"]}
+    check_finite(ckpt["netG_ema"], path, "generator")
+    try:
+        netG = build_generator(cfg)
+        netG.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()})
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: weights do not fit the network its constants describe "
+                        f"(incompatible configuration): {short_reason(e)}") from None
+    return netG.to(device).eval().requires_grad_(False), cfg
+
+
+def export(weights, out):
+    """Keep only the EMA generator and the constants, in float16: the file we ship. Returns its step."""
+    ckpt = load_checkpoint(weights)
+    check_finite(ckpt["netG_ema"], weights, "generator")
+    small = {"format_version": FORMAT_VERSION, "cfg": ckpt["cfg"], "step": ckpt.get("step", 0),
+             "netG_ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}}
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder of {out}: {describe_os_error(e)}") from None
+    save_checkpoint(small, out, "model")
+    return small["step"]
+
+
+# -----------------------------------------------------------------------------
+# Training state
+
+@dataclass
+class TrainState:
+    """Everything a training run changes, and so everything a checkpoint holds besides the
+    constants and the RNG. The checkpoint keys are the field names."""
+    netG: nn.Module
+    netD: nn.Module
+    netG_ema: nn.Module
+    optG: torch.optim.Optimizer
+    optD: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: int = 0            # generator steps taken (skipped non-finite steps do not count)
+    epoch: int = 0
+    batch_in_epoch: int = 0  # where in the epoch's permutation the next batch starts
+    bad_steps: int = 0       # non-finite steps skipped so far
+
+    MODULES = ("netG", "netD", "netG_ema", "optG", "optD", "scaler")
+    COUNTERS = ("step", "epoch", "batch_in_epoch", "bad_steps")
+
+    @classmethod
+    def build(cls, cfg, device):
+        """Fresh networks, EMA generator, TTUR Adam optimizers and the gradient scaler (float16 only)."""
+        netG = build_generator(cfg).to(device)
+        netD = build_discriminator(cfg).to(device)
+        netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
+        betas = (cfg["BETA1"], cfg["BETA2"])
+        optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
+        optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
+        return cls(netG, netD, netG_ema, optG, optD, scaler)
+
+    def save(self, path, cfg, rng):
+        """Write the whole state, the constants and the RNG state as one checkpoint file, atomically."""
+        save_checkpoint({"format_version": FORMAT_VERSION, "cfg": cfg, "rng": rng,
+                         **{k: getattr(self, k).state_dict() for k in self.MODULES},
+                         **{k: getattr(self, k) for k in self.COUNTERS}}, path)
+
+    def load(self, ckpt, path):
+        """Restore from a checkpoint dict read by load_checkpoint; UserError when it is not a whole
+        training state."""
+        try:
+            for k in self.MODULES:
+                getattr(self, k).load_state_dict(ckpt[k])
+            for k in self.COUNTERS:
+                if type(ckpt.get(k, 0)) is not int:
+                    raise TypeError(f"{k} is {ckpt[k]!r}, not a whole number")
+                setattr(self, k, ckpt.get(k, 0))
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"{path}: cannot resume from it (not a full training checkpoint: "
+                            f"{short_reason(e)}); use another --run-dir or --fresh") from None

@@ -1,0 +1,246 @@
+"""The inference API: load a model once, colorize any number of photos.
+
+    from colorize_base import Colorizer
+    colorizer = Colorizer.load()                      # the bundled model, on CUDA when present
+    colorizer.colorize("old.jpg").save("old_colour.png")
+
+--infer, --eval and the tests all go through Colorizer.colorize.
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from checkpoint import UserError, atomic_write, describe_os_error, load_generator
+from data import (BadImageError, find_images, image_to_array, lab_to_net, lab_to_rgb, net_to_lab, open_image,
+                  rgb_to_lab)
+
+BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
+
+
+def pick_device(name="auto"):
+    """torch.device for auto (CUDA when available), cpu, cuda or cuda:N; UserError for anything else."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+class Colorizer:
+    """A generator ready for inference: the EMA weights of a checkpoint or exported model, in eval
+    mode on one device. Colorization is deterministic (no dropout, no sampling)."""
+
+    def __init__(self, netG, cfg, device, render_size=256, max_pixels=100_000_000, weights=None):
+        self.netG, self.cfg, self.device, self.weights = netG, cfg, device, weights
+        self.render_size, self.max_pixels = render_size, max_pixels
+
+    @classmethod
+    def load(cls, weights=None, device="auto", render_size=None, max_pixels=None):
+        """Load a checkpoint or exported model (None: the bundled model). render_size and max_pixels
+        default to RENDER_SIZE and MAX_PIXELS of colorize_base.py."""
+        import colorize_base as cb  # the constants block; imported here, as colorize_base imports us
+        weights = cb.resolve_path(cb.WEIGHTS) if weights is None else os.fspath(weights)
+        device = pick_device(device) if isinstance(device, str) else torch.device(device)
+        netG, cfg = load_generator(weights, device, defaults=cb.CONSTANTS)
+        return cls(netG, cfg, device, render_size or cb.RENDER_SIZE, max_pixels or cb.MAX_PIXELS, weights)
+
+    @torch.inference_mode()
+    def colorize(self, image, render_size=None):
+        """Colorize one photo; returns a PIL image of the same size, RGB, or RGBA when the input has alpha.
+
+        image: a file path, a PIL image, or an (H, W) / (H, W, 3) uint8 or float array (floats in [0, 1]).
+        Colour in the input is discarded. The network sees the luminance resized so that its longer
+        side is render_size (never enlarged); the predicted ab is upsampled to the original size and
+        joined with the original full-resolution L, in bands, so memory stays bounded on huge photos.
+        """
+        render_size = self.render_size if render_size is None else render_size
+        if not (isinstance(render_size, int) and render_size > 0):
+            raise ValueError(f"render_size must be a positive whole number of pixels, got {render_size!r}")
+        read_rows, H, W = _row_reader(image, self.max_pixels)
+        step = max(1, BAND_PIXELS // W)
+        bands = [(y, min(H, y + step)) for y in range(0, H, step)]
+
+        def luminance(y0, y1):  # the photo's own L of rows y0..y1 in network scaling, and their alpha
+            rgb, a = read_rows(y0, y1)
+            return lab_to_net(rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None]))[0], a
+
+        # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
+        #    each band is averaged across the width here, the rows below, so full-size L is never held
+        s = min(render_size, max(H, W)) / max(H, W)
+        h, w = max(1, round(H * s)), max(1, round(W * s))
+        L_w = torch.empty(1, 1, H, w)
+        alpha = None
+        for y0, y1 in bands:
+            L, a = luminance(y0, y1)
+            L_w[..., y0:y1, :] = F.adaptive_avg_pool2d(L, (y1 - y0, w))
+            if a is not None:
+                alpha = np.empty((H, W), np.uint8) if alpha is None else alpha
+                alpha[y0:y1] = np.round(a * 255)
+        small = F.adaptive_avg_pool2d(L_w, (h, w)).clamp(-1, 1).to(self.device)
+
+        # 2. the network, on the luminance padded to its multiple
+        fake_B = self.netG(self.netG.pad(small))[..., :h, :w].float().cpu()
+
+        # 3. ab upsampled to full size (bilinear, separable: the width once, the rows per band) and
+        #    joined with the full-resolution L, band by band
+        ab_rows = F.interpolate(fake_B, size=(h, W), mode="bilinear", align_corners=False)  # (1, 2, h, W)
+        result = Image.new("RGB", (W, H))
+        for y0, y1 in bands:
+            rgb = lab_to_rgb(net_to_lab(luminance(y0, y1)[0], _upsample_rows(ab_rows, y0, y1, H)))
+            band = (rgb[0] * 255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+            result.paste(Image.fromarray(band), (0, y0))
+        if alpha is not None:
+            result.putalpha(Image.fromarray(alpha))
+        return result
+
+
+def _upsample_rows(x, y0, y1, H):
+    """Rows y0..y1 of x (B, C, h, W) resized bilinearly to H rows (align_corners=False), exactly as
+    F.interpolate computes them, without making the other rows."""
+    h = x.shape[-2]
+    src = ((torch.arange(y0, y1, dtype=torch.float32) + 0.5) * (h / H) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=h - 1)
+    i1 = (i0 + 1).clamp(max=h - 1)
+    frac = (src - i0).view(1, 1, -1, 1)
+    return x[:, :, i0] * (1 - frac) + x[:, :, i1] * frac
+
+
+def _row_reader(image, max_pixels):
+    """(read_rows, H, W) for a path, PIL image or array; read_rows(y0, y1) gives those rows as
+    (float RGB (h, W, 3) in [0, 1], alpha (h, W) or None), so a huge photo is never held in float."""
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(os.fspath(image), max_pixels)
+    if isinstance(image, Image.Image):
+        W, H = image.size
+        if W * H > max_pixels:
+            raise ValueError(f"image of {W}x{H} = {W * H} pixels is over the limit of {max_pixels}")
+        return (lambda y0, y1: image_to_array(image.crop((0, y0, W, y1)))), H, W
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or 0 in arr.shape:
+        raise ValueError(f"expected an (H, W) or (H, W, 3) image array, got shape {np.shape(image)}")
+    if arr.dtype == np.uint8:
+        scale = 255.0
+    elif arr.dtype.kind == "f":
+        scale = 1.0
+        if not np.isfinite(arr).all():
+            raise ValueError("image array holds NaN or Inf values")
+    else:
+        raise ValueError(f"expected a uint8 or float image array, got dtype {arr.dtype}")
+    H, W = arr.shape[:2]
+
+    def read_rows(y0, y1):
+        rgb = np.clip(arr[y0:y1].astype(np.float32) / scale, 0, 1)
+        return np.broadcast_to(rgb, (y1 - y0, W, 3)).copy(), None
+    return read_rows, H, W
+
+
+# -----------------------------------------------------------------------------
+# Colorizing many files: --infer
+
+def colorize_files(colorizer, inputs, out_dir, debug=False):
+    """Colorize every image under inputs (files, folders, globs) into out_dir as <stem>.png.
+    A file that fails is reported by name and the others still run. Returns the number that failed."""
+    files, failed = [], []
+    for p in inputs:  # a missing input is reported, the others still run
+        try:
+            files += find_images([p])
+        except FileNotFoundError:
+            failed.append((p, "no such file, folder or pattern"))
+    files = find_images(files) if files else []  # one real file once, across inputs too
+    make_output_dir(out_dir)
+    targets = output_paths(inputs, files, out_dir)
+    n_ok = 0
+    for f in tqdm(files, desc="colorize", unit="img", dynamic_ncols=True):
+        try:
+            save_png(colorizer.colorize(f), targets[f])
+            n_ok += 1
+        except Exception as e:  # keep going: one bad file must not end a batch of thousands
+            if debug and not isinstance(e, (BadImageError, UserError)):
+                raise
+            failed.append((f, failure_reason(f, e)))
+    print(f"colorized {n_ok} of {n_ok + len(failed)} files into {out_dir}")
+    if failed:
+        print(f"{len(failed)} failed:", file=sys.stderr)
+    for f, why in failed:
+        print(f"failed: {display_name(f)}: {why}", file=sys.stderr)
+    return len(failed)
+
+
+def output_paths(inputs, files, out_dir):
+    """Output path for each file: folders are mirrored under out_dir so equal names never collide,
+    a file is never written over an input, and two inputs never share an output. Files are compared
+    as real files (symlinks resolved, hard links by inode), not as spelled paths."""
+    roots = [os.path.abspath(p) for p in inputs if os.path.isdir(p)]
+    inodes = {(st.st_dev, st.st_ino) for st in map(_stat_or_none, files) if st}
+    taken = {os.path.realpath(f) for f in files}
+    result = {}
+    for f in files:
+        af = os.path.abspath(f)
+        root = next((r for r in roots if af.startswith(r + os.sep)), None)
+        folder = os.path.normpath(os.path.join(out_dir, os.path.relpath(os.path.dirname(af), root) if root else "."))
+        stem = os.path.splitext(os.path.basename(f))[0]
+        out, n = os.path.join(folder, stem + ".png"), 1
+        while os.path.realpath(out) in taken or (_stat_key(out) in inodes):
+            suffix = f"_{n}.png"
+            out = os.path.join(folder, stem[: 255 - len(suffix.encode())] + suffix)  # a name fits in 255 bytes
+            n += 1
+        taken.add(os.path.realpath(out))
+        result[f] = out
+    return result
+
+
+def _stat_or_none(path):
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _stat_key(path):
+    st = _stat_or_none(path)
+    return (st.st_dev, st.st_ino) if st else None
+
+
+def save_png(img, path):
+    """Save a PIL image as PNG, all or nothing, creating its folder; UserError saying why it cannot."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the output {path}: {describe_os_error(e)}") from None
+    atomic_write(path, lambda f: img.save(f, format="PNG"), "output")
+
+
+def make_output_dir(path):
+    """Create an output folder, or stop with a message naming it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {path}: {describe_os_error(e)}") from None
+    return path
+
+
+def display_name(path):
+    """A path as printable text, even when the file name is not valid UTF-8."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def failure_reason(path, error):
+    """One line saying why a file failed: a BadImageError's own reason, else the error in short."""
+    if isinstance(error, (BadImageError, UserError)):
+        return display_name(str(error).removeprefix(path + ": "))
+    return f"unexpected error {type(error).__name__}: {error} (run with --debug for details)"

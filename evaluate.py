@@ -1,0 +1,169 @@
+"""--eval: colorize the gray version of colour photos and score it against them, beside the gray
+image itself as a baseline. Writes metrics.csv, summary.json and sheet.png, and prints a table."""
+import csv
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from checkpoint import UserError, atomic_write
+from colorizer import display_name, failure_reason, make_output_dir
+from data import IMG_EXTENSIONS, BadImageError, find_images, is_grayscale, lab_to_rgb, load_image, rgb_to_lab
+from metrics import colorfulness, colorfulness_gap, image_metrics
+
+METRICS = ("psnr", "ssim", "ciede2000", "colorfulness")
+
+
+def to_8bit(rgb):
+    """Round float RGB to what an 8-bit file stores, so scores match the PNGs --infer writes."""
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.float32) / 255
+
+
+def gray_version(rgb):
+    """The photo without its colour (Lab a = b = 0) as an 8-bit image with R = G = B: the input a
+    user of --infer would have, and the gray baseline."""
+    lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    lab[:, 1:] = 0
+    gray = lab_to_rgb(lab)[0].mean(0)  # the channels differ only by rounding in the colour matrices
+    return to_8bit(gray[..., None].expand(-1, -1, 3).numpy())
+
+
+def center_square(rgb, size):
+    """Resize the shorter side to size (antialiased) and cut the central size x size square."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)
+    x = v2.functional.center_crop(v2.functional.resize(x, size, antialias=True), [size, size])
+    return to_8bit(x.permute(1, 2, 0).numpy())
+
+
+def comparison_sheet(panels, height=256):
+    """One row per image, gray | ours | truth, each scaled to the same height; white gaps."""
+    gap, rows = 4, []
+    for row in panels:
+        imgs = [Image.fromarray(np.round(p * 255).astype(np.uint8)) for p in row]
+        imgs = [im.resize((max(1, round(im.width * height / im.height)), height), Image.LANCZOS) for im in imgs]
+        rows.append(imgs)
+    width = max(sum(im.width for im in r) + gap * (len(r) - 1) for r in rows)
+    header = 16
+    sheet = Image.new("RGB", (width, header + len(rows) * (height + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (title, im) in enumerate(zip(("gray", "ours", "truth"), rows[0])):
+        draw.text((k * (im.width + gap) + 4, 2), title, fill="black")
+    for i, r in enumerate(rows):
+        x = 0
+        for im in r:
+            sheet.paste(im, (x, header + i * (height + gap)))
+            x += im.width + gap
+    return sheet
+
+
+def summarize(rows):
+    """Means over the colour images of each metric, for ours and the gray baseline, and the
+    colourfulness of each against the ground truth's (ratio and absolute difference of the means)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    summary = {"truth": {"colorfulness": float(np.mean([r["colorfulness_truth"] for r in ok]))}}
+    for method, suffix in (("ours", ""), ("gray", "_gray")):
+        means = {m: float(np.nanmean([r[m + suffix] for r in ok])) for m in METRICS}  # NaN: SSIM of a tiny image
+        ratio, diff = colorfulness_gap([r["colorfulness" + suffix] for r in ok], [r["colorfulness_truth"] for r in ok])
+        summary[method] = {**means, "colorfulness_ratio": ratio, "colorfulness_abs_diff": diff}
+    return summary
+
+
+def format_table(summary):
+    lines = [f"{'metric':38s}{'gray':>10s}{'ours':>10s}"]
+    for key, label, fmt in (("psnr", "PSNR, dB (higher is better)", ".2f"), ("ssim", "SSIM (higher is better)", ".4f"),
+                            ("ciede2000", "CIEDE2000 (lower is better)", ".2f"),
+                            ("colorfulness", f"colourfulness (truth {summary['truth']['colorfulness']:.2f})", ".2f"),
+                            ("colorfulness_ratio", "colourfulness / truth's (1 is best)", ".3f"),
+                            ("colorfulness_abs_diff", "|colourfulness - truth's| (lower)", ".2f")):
+        lines.append(f"{label:38s}{summary['gray'][key]:>10{fmt}}{summary['ours'][key]:>10{fmt}}")
+    return "\n".join(lines)
+
+
+def score_file(colorizer, path, eval_size):
+    """The metrics row of one photo, and its (gray, ours, truth) panels; status "gray" for a photo
+    without colour. Raises BadImageError for a file that cannot be read."""
+    truth, _ = load_image(path, colorizer.max_pixels)
+    if eval_size:
+        truth = center_square(truth, eval_size)
+    row = {"status": "ok", "height": truth.shape[0], "width": truth.shape[1]}
+    if is_grayscale(truth):
+        return {**row, "status": "gray"}, None
+    gray = gray_version(truth)
+    ours = np.asarray(colorizer.colorize(gray), dtype=np.float32) / 255
+    row.update(image_metrics(ours, truth))
+    row.update({k + "_gray": v for k, v in image_metrics(gray, truth).items()})
+    row["colorfulness_truth"] = colorfulness(truth)
+    return row, (gray, ours, truth)
+
+
+def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=False):
+    """Score the colorizer on the colour photos under data_dir; returns the number of files that failed.
+
+    Each photo's gray version goes through colorizer.colorize as with --infer, and is compared with
+    the photo, beside the gray version itself as a baseline. With eval_size the photo is first cut to
+    an eval_size square. Already-gray photos are listed and left out of the means. Writes metrics.csv
+    (one row per file), summary.json and sheet.png (gray | ours | truth for num_samples evenly spaced
+    files) into out_dir, and prints a table.
+    """
+    try:
+        files = find_images([data_dir])
+    except FileNotFoundError as e:
+        raise UserError(f"--eval: {e}") from None
+    if not files:
+        raise UserError(f"--eval {data_dir}: no image files there (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
+    make_output_dir(out_dir)
+    root = data_dir if os.path.isdir(data_dir) else os.path.dirname(data_dir)
+    sample = set(files[:: max(1, len(files) // num_samples)][:num_samples])
+    rows, panels = [], []
+    for f in tqdm(files, desc="eval", unit="img", dynamic_ncols=True):
+        try:
+            row, panel = score_file(colorizer, f, eval_size)
+            if panel and f in sample:
+                panels.append(panel)
+        except Exception as e:  # one bad file must not end the evaluation
+            if debug and not isinstance(e, BadImageError):
+                raise
+            row = {"status": "failed", "error": failure_reason(f, e)}
+        rows.append({"file": display_name(os.path.relpath(f, root)), **row})
+
+    gray_files = [r["file"] for r in rows if r["status"] == "gray"]
+    failed = [(r["file"], r["error"]) for r in rows if r["status"] == "failed"]
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    for f in gray_files:
+        print(f"gray, left out: {f}")
+    for f, why in failed:
+        print(f"failed: {f}: {why}", file=sys.stderr)
+    write_csv(rows, os.path.join(out_dir, "metrics.csv"))
+    if not n_ok:
+        raise UserError(f"--eval {data_dir}: no colour photos could be scored "
+                        f"({len(gray_files)} gray, {len(failed)} failed)")
+    if panels:
+        sheet = comparison_sheet(panels)
+        atomic_write(os.path.join(out_dir, "sheet.png"), lambda fh: sheet.save(fh, format="PNG"), "report")
+    summary = {"data": display_name(os.path.abspath(data_dir)), "weights": colorizer.weights,
+               "render_size": colorizer.render_size, "eval_size": eval_size, "images": n_ok,
+               "gray_left_out": gray_files, "failed": [f for f, _ in failed], **summarize(rows)}
+    text = json.dumps(summary, indent=2)
+    atomic_write(os.path.join(out_dir, "summary.json"), lambda fh: fh.write(text.encode()), "report")
+    size = f"{eval_size} px centre squares" if eval_size else "full size"
+    print(f"\n{n_ok} colour photos from {display_name(data_dir)} at {size}, rendered at {colorizer.render_size} px; "
+          f"{len(gray_files)} gray left out, {len(failed)} failed")
+    print(format_table(summary))
+    print(f"wrote metrics.csv, summary.json and sheet.png to {out_dir}")
+    return len(failed)
+
+
+def write_csv(rows, path):
+    columns = ["file", "status", "width", "height"] + list(METRICS) + [m + "_gray" for m in METRICS] \
+        + ["colorfulness_truth", "error"]
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()), "report")

@@ -1,0 +1,79 @@
+"""The Python API: Colorizer.load() once, colorize() any photo given as a path, a PIL image or an array."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import colorizer as colorizer_module
+from colorize_base import Colorizer
+from conftest import REPO, photo
+
+EXAMPLE = os.path.join(REPO, "examples", "bsds_100007_gray.jpg")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return Colorizer.load(device="cpu")
+
+
+def test_the_bundled_model_loads_and_colorizes_an_example_from_a_path(bundled):
+    out = bundled.colorize(EXAMPLE)
+    assert isinstance(out, Image.Image) and out.mode == "RGB"
+    assert out.size == Image.open(EXAMPLE).size
+    rgb = np.asarray(out, dtype=np.float32)
+    assert np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean() > 1  # it has colour
+
+
+def test_path_pil_image_and_arrays_give_the_same_colours(bundled):
+    img = Image.open(EXAMPLE).convert("RGB")
+    u8 = np.asarray(img)
+    expected = np.asarray(bundled.colorize(EXAMPLE))
+    for given in (img, u8, u8[..., 0], u8.astype(np.float32) / 255, u8[..., 0].astype(np.float64) / 255):
+        assert np.array_equal(np.asarray(bundled.colorize(given)), expected), type(given)
+
+
+def test_render_size_is_a_per_call_choice(bundled):
+    a = np.asarray(bundled.colorize(EXAMPLE, render_size=128), dtype=np.float32)
+    b = np.asarray(bundled.colorize(EXAMPLE), dtype=np.float32)
+    assert a.shape == b.shape and np.abs(a - b).mean() > 0.1  # the network saw another size
+    with pytest.raises(ValueError, match="render_size"):
+        bundled.colorize(EXAMPLE, render_size=0)
+
+
+def test_bad_arrays_are_refused_with_the_reason(bundled):
+    with pytest.raises(ValueError, match="shape"):
+        bundled.colorize(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(ValueError, match="dtype"):
+        bundled.colorize(np.zeros((4, 4), np.int64))
+    with pytest.raises(ValueError, match="NaN"):
+        bundled.colorize(np.full((4, 4), np.nan, np.float32))
+
+
+def test_bands_give_the_same_result_as_one_piece(weights, monkeypatch):
+    """A photo several times the render size, with sides that are no multiple of anything: working in
+    many bands of rows must give the result of working on the whole photo at once."""
+    colorizer = Colorizer.load(weights, device="cpu", render_size=32)
+    rgb = photo(203, 141, seed=3)
+    whole = np.asarray(colorizer.colorize(rgb))
+    monkeypatch.setattr(colorizer_module, "BAND_PIXELS", 203 * 7)  # bands of 7 rows
+    banded = np.asarray(colorizer.colorize(rgb))
+    assert whole.shape == banded.shape == (141, 203, 3)
+    assert np.abs(whole.astype(int) - banded).max() <= 1  # float rounding in a different order
+
+
+def test_upsampled_rows_match_torch_interpolate():
+    x = torch.randn(1, 2, 9, 5)
+    full = torch.nn.functional.interpolate(x, size=(40, 5), mode="bilinear", align_corners=False)
+    parts = [colorizer_module._upsample_rows(x, y0, min(40, y0 + 7), 40) for y0 in range(0, 40, 7)]
+    assert torch.allclose(torch.cat(parts, dim=2), full, atol=1e-6)
+
+
+def test_readme_python_one_liner_works_from_the_repo_root():
+    code = f"from colorize_base import Colorizer; print(Colorizer.load().colorize({os.path.relpath(EXAMPLE, REPO)!r}).size)"
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str(Image.open(EXAMPLE).size)
