@@ -81,13 +81,6 @@ def peak_memory(device):
         return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
-def compute_dtype(device, cfg):
-    """The dtype the convolutions run in: the AMP dtype under CUDA autocast, else float32."""
-    if device.type != "cuda" or cfg["AMP"] == "off":
-        return torch.float32
-    return torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16
-
-
 def matmul_flops_per_s(device, dtype, n=2048, repeats=3):
     """Best FLOP/s of an n x n torch.mm over a few runs after one warm-up: the practical peak."""
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -380,7 +373,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     files, data_note = resolve_data(args.data)
     isolate = device.type == "cpu" and not args.no_isolate
-    dtype = compute_dtype(device, cfg)
+    dtype = cb.amp_dtype(device, cfg)
 
     report = {"machine": machine_info(device), "num_D": cfg["NUM_D"], "render_size": args.render_size,
               "model": f"NGF {cfg['NGF']}, NDF {cfg['NDF']}, NUM_D {cfg['NUM_D']}, N_DOWNS {cfg['N_DOWNS']}, "

@@ -185,11 +185,17 @@ def check_config(cfg):
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg["DEVICE"]), "DEVICE", "auto, cpu, cuda or cuda:N")
 
 
+def amp_dtype(device, cfg):
+    """The dtype the convolutions run in: the one AMP names under CUDA autocast, else float32."""
+    if device.type != "cuda" or cfg["AMP"] == "off":
+        return torch.float32
+    return torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16
+
+
 def autocast_for(device, cfg):
     """Mixed precision on CUDA (the dtype AMP names), plain float32 elsewhere."""
-    if device.type != "cuda" or cfg["AMP"] == "off":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16)
+    dtype = amp_dtype(device, cfg)
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 # -----------------------------------------------------------------------------

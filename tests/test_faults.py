@@ -13,7 +13,7 @@ import torch
 import colorize_base as cb
 import losses
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from conftest import make_bad_inputs, make_good_inputs, make_photos, saved_step, tiny_cfg, train_args
+from conftest import make_bad_inputs, make_good_inputs, make_photos, run_cli, saved_step, tiny_cfg, train_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,8 +76,7 @@ def logged_steps(run_dir):
 def resume_and_finish(tmp_path, data, run_dir, steps):
     """Run the real command line again; check it resumed from the checkpoint on disk and finished."""
     before = saved_step(run_dir) if os.path.exists(os.path.join(run_dir, "checkpoint.pt")) else None
-    p = subprocess.run([sys.executable, os.path.join(REPO, "colorize_base.py"),
-                        *train_args(data, run_dir, steps)], capture_output=True, text=True, timeout=300)
+    p = run_cli(*train_args(data, run_dir, steps))
     assert p.returncode == 0, p.stdout + p.stderr
     if before is not None:
         assert f"resumed from {os.path.join(run_dir, 'checkpoint.pt')} at step {before} " in p.stdout, p.stdout
@@ -210,8 +209,7 @@ def test_training_on_good_and_bad_files_completes(tmp_path, capsys):
 
 
 def test_missing_data_folder_is_a_plain_error(tmp_path):
-    p = subprocess.run([sys.executable, os.path.join(REPO, "colorize_base.py"),
-                        *train_args(tmp_path / "nope", tmp_path / "run", 2)], capture_output=True, text=True)
+    p = run_cli(*train_args(tmp_path / "nope", tmp_path / "run", 2))
     assert p.returncode == 2
     assert f"no such file, folder or pattern: {tmp_path / 'nope'}" in p.stderr and "Traceback" not in p.stderr
 

@@ -77,6 +77,8 @@ def test_fifo_and_socket_in_an_input_folder_are_named_not_read(tmp_path, weights
         sock.close()
     assert f"failed: {album / 'sock.png'}: not a regular file" in run_cli(
         "--infer", album, "--weights", weights, "--out", tmp_path / "out", timeout=60).stderr
+    p = run_cli("--infer", "/dev/zero", "--weights", weights, "--out", tmp_path / "out", timeout=60)  # a device
+    assert p.returncode == 1 and "failed: /dev/zero: not a regular file" in p.stderr
 
 
 def test_recursive_glob_over_symlink_loops_ends_and_takes_each_file_once(tmp_path, weights):
