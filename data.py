@@ -11,7 +11,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -292,12 +291,3 @@ def to_net_input(batch_uint8, device):
     """uint8 RGB batch (B, 3, H, W) -> (real_A, real_B) on device, in network scaling."""
     rgb = batch_uint8.to(device, non_blocking=True).float() / 255
     return lab_to_net(rgb_to_lab(rgb))
-
-
-def resize_long_side(x, long_side):
-    """Resize (B, C, H, W) so its longer side is long_side, keeping the aspect ratio."""
-    h, w = x.shape[-2:]
-    s = long_side / max(h, w)
-    size = (max(1, round(h * s)), max(1, round(w * s)))
-    return F.interpolate(x, size=size, mode="bicubic" if s > 1 else "area",
-                         **({"align_corners": False} if s > 1 else {}))
