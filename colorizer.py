@@ -16,8 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from checkpoint import UserError, atomic_write, describe_os_error, load_generator
-from data import (BadImageError, find_images, image_to_array, lab_to_net, lab_to_rgb, net_to_lab, open_image,
-                  rgb_to_lab)
+from data import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
+                  open_image, rgb_to_lab, unique_files)
 
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
 
@@ -127,7 +127,8 @@ def _row_reader(image, max_pixels):
         W, H = image.size
         if W * H > max_pixels:
             raise ValueError(f"image of {W}x{H} = {W * H} pixels is over the limit of {max_pixels}")
-        return (lambda y0, y1: image_to_array(image.crop((0, y0, W, y1)))), H, W
+        scale = integer_scale(image) if image.mode.startswith("I") else None
+        return (lambda y0, y1: image_to_array(image.crop((0, y0, W, y1)), scale)), H, W
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -161,7 +162,7 @@ def colorize_files(colorizer, inputs, out_dir, debug=False):
             files += find_images([p])
         except FileNotFoundError:
             failed.append((p, "no such file, folder or pattern"))
-    files = find_images(files) if files else []  # one real file once, across inputs too
+    files = unique_files(files)  # one real file once, across inputs too
     make_output_dir(out_dir)
     targets = output_paths(inputs, files, out_dir)
     n_ok = 0

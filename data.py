@@ -103,8 +103,13 @@ def find_images(paths):
             if not matches:
                 raise FileNotFoundError(f"no such file, folder or pattern: {p}")
             found += matches
+    return unique_files(found)
+
+
+def unique_files(paths):
+    """Sorted paths, one per real file: of several names for the same file, the first in sort order."""
     unique = {}
-    for f in sorted(set(found)):
+    for f in sorted(set(paths)):
         unique.setdefault(os.path.realpath(f), f)
     return sorted(unique.values())
 
@@ -174,14 +179,21 @@ def open_image(path, max_pixels=100_000_000):
         raise BadImageError(f"{path}: {_plain_reason(path, e)}") from None
 
 
-def image_to_array(img):
+def integer_scale(img):
+    """What white is in an integer grayscale image: 65535 for 16-bit, and for 32-bit ("I") 65535
+    when any value exceeds 255, else 255. Decided on the whole image, never on a crop of it."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+        return 65535.0
+    return 255.0
+
+
+def image_to_array(img, scale=None):
     """A PIL image (or a crop of one) as float RGB in [0, 1], shape (H, W, 3), plus alpha (H, W) or None.
-    16-bit, palette, CMYK, LA/RGBA and grayscale images are handled; 16-bit keeps its precision."""
+    16-bit, palette, CMYK, LA/RGBA and grayscale images are handled; 16-bit keeps its precision.
+    scale: integer_scale() of the whole image when img is a crop of an integer image."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit integer) grayscale: keep the extra precision
-        arr = np.asarray(img, dtype=np.float32)
-        scale = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
-        gray = np.clip(arr / scale, 0, 1)
+        gray = np.clip(np.asarray(img, dtype=np.float32) / (scale or integer_scale(img)), 0, 1)
         return np.repeat(gray[..., None], 3, axis=2), None
     if img.mode == "F":
         gray = np.clip(np.asarray(img, dtype=np.float32), 0, 1)

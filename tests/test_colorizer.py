@@ -65,6 +65,18 @@ def test_bands_give_the_same_result_as_one_piece(weights, monkeypatch):
     assert np.abs(whole.astype(int) - banded).max() <= 1  # float rounding in a different order
 
 
+def test_bands_of_a_32_bit_gray_image_share_one_scale(weights, monkeypatch):
+    """Values above 255 only in the bottom rows still make the whole image 16-bit scaled."""
+    colorizer = Colorizer.load(weights, device="cpu", render_size=32)
+    values = np.full((60, 40), 200, np.int32)
+    values[50:] = 60000
+    img = Image.fromarray(values, mode="I")
+    whole = np.asarray(colorizer.colorize(img))
+    monkeypatch.setattr(colorizer_module, "BAND_PIXELS", 40 * 10)  # the top bands hold only 200s
+    assert np.array_equal(np.asarray(colorizer.colorize(img)), whole)
+    assert whole[:40].mean() < 40  # 200 of 65535 is near black, not 200 of 255
+
+
 def test_upsampled_rows_match_torch_interpolate():
     x = torch.randn(1, 2, 9, 5)
     full = torch.nn.functional.interpolate(x, size=(40, 5), mode="bilinear", align_corners=False)
