@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 from skimage import color
 
+from conftest import write_png16
 from data import (ColorizationDataset, find_images, lab_to_net, lab_to_rgb, load_image, net_to_lab, rgb_to_lab,
                   scan_images)
 
@@ -79,6 +80,15 @@ def test_load_image_modes(tmp_path):
     Image.new("RGBA", (8, 6), (255, 0, 0, 100)).save(tmp_path / "rgba.png")
     rgb, alpha = load_image(str(tmp_path / "rgba.png"))
     assert rgb.shape == (6, 8, 3) and alpha.shape == (6, 8) and abs(alpha[0, 0] - 100 / 255) < 1e-6
-    Image.fromarray(np.full((6, 8), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
+
+
+def test_16_bit_values_are_read_at_16_bit_scale(tmp_path):
+    """Values that reveal the scale: a quarter and a half of 16-bit white are 0.25 and 0.5, not the
+    white that reading them at 8-bit scale would give."""
+    gray16 = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
     rgb, alpha = load_image(str(tmp_path / "g16.png"))
-    assert alpha is None and np.allclose(rgb, 1.0)
+    assert alpha is None and np.abs(rgb - (gray16 / 65535)[..., None]).max() < 1e-6  # gray, full precision
+    write_png16(str(tmp_path / "rgb16.png"), np.array([[[13107, 32768, 52428]]], dtype=np.uint16))
+    rgb, _ = load_image(str(tmp_path / "rgb16.png"))
+    assert np.abs(rgb[0, 0] - [0.2, 0.5, 0.8]).max() < 1 / 255  # Pillow keeps 8 of the 16 bits of RGB

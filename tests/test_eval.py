@@ -9,7 +9,7 @@ from PIL import Image
 
 import colorize_base as cb
 from conftest import make_photos, tiny_checkpoint
-from evaluate import METRICS, gray_version
+from evaluate import METRICS, center_square, gray_version, score_file, to_8bit
 
 
 def photos_and_gray(folder, n=3):
@@ -88,3 +88,35 @@ def test_gray_version_keeps_the_luminance_and_drops_the_colour():
     L_gray = cb.rgb_to_lab(torch.from_numpy(gray).permute(2, 0, 1)[None])[0, 0]
     assert (L - L_gray).abs().max() < 0.5  # 8-bit rounding only
     assert np.array_equal(gray_version(gray), gray)  # a gray photo is its own gray version
+
+
+def position_photo(w, h):
+    """An 8-bit colour photo whose red is its column and green its row, as floats in [0, 1]."""
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, 60)], axis=2).astype(np.uint8)
+    return rgb.astype(np.float32) / 255
+
+
+class Echo:
+    """A stand-in colorizer that returns the gray image it is given."""
+    max_pixels = 10 ** 8
+
+    def colorize(self, gray):
+        return Image.fromarray(np.round(gray * 255).astype(np.uint8))
+
+
+def test_eval_size_cuts_the_centre_square_not_a_corner(tmp_path):
+    wide = position_photo(90, 30)  # shorter side already 30: the square is exactly columns 30..59
+    assert np.array_equal(center_square(wide, 30), wide[:, 30:60])
+    tall = wide.transpose(1, 0, 2).copy()
+    assert np.array_equal(center_square(tall, 30), tall[30:60])
+    big = position_photo(180, 60)  # resized to 90 x 30 first: the middle third of the columns
+    square = center_square(big, 30)
+    assert square.shape == (30, 30, 3)
+    assert abs(square[..., 0].mean() - 0.5) < 0.01 and abs(square[..., 1].mean() - 0.5) < 0.01
+    assert abs(square[:, 0, 0].mean() - 60.5 / 179) < 0.02 and abs(square[:, -1, 0].mean() - 118.5 / 179) < 0.02
+    # --eval scores that square: the truth it compares against is the centre of the file
+    Image.fromarray(np.round(wide * 255).astype(np.uint8)).save(tmp_path / "wide.png")
+    row, (gray, ours, truth) = score_file(Echo(), str(tmp_path / "wide.png"), 30)
+    assert (row["width"], row["height"]) == (30, 30)
+    assert np.array_equal(truth, to_8bit(wide[:, 30:60])) and np.array_equal(gray, gray_version(truth))

@@ -32,8 +32,14 @@ def test_vanilla_is_bce_with_logits():
 
 
 def test_gan_loss_averages_scales():
-    p = _pred([0.0], [2.0])
-    assert gan_loss(p, True, "lsgan").item() == pytest.approx((1.0 + 1.0) / 2)
+    """The mean over each scale's patch map, then the mean over the scales: a scale weighs the same
+    whatever the size of its patch map (not 6/3 pooled over patches, not 5 summed, not one scale alone)."""
+    p = _pred([0.0, 0.0], [3.0])
+    assert gan_loss(p, True, "lsgan").item() == pytest.approx((1.0 + 4.0) / 2)   # (x - 1)^2: 1 and 1 | 4
+    assert gan_loss(p, False, "hinge").item() == pytest.approx((1.0 + 4.0) / 2)  # relu(1 + x): 1 and 1 | 4
+    assert gan_loss(p, True, "hinge", for_discriminator=False).item() == pytest.approx((0.0 - 3.0) / 2)
+    expected = (math.log(2) + math.log(1 + math.exp(-3.0))) / 2  # BCE to real: log 2 and log 2 | log(1 + e^-3)
+    assert gan_loss(p, True, "vanilla").item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_gan_loss_rejects_unknown_mode():

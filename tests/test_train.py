@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 import colorize_base as cb
-from checkpoint import FORMAT_VERSION, load_checkpoint, load_generator, save_checkpoint
+from checkpoint import FORMAT_VERSION, TrainState, load_checkpoint, load_generator, save_checkpoint
 from colorizer import Colorizer
-from conftest import make_photos, run_cli, tiny_cfg, train_args
+from conftest import REPO, make_photos, run_cli, tiny_cfg, train_args
 from models import build_generator
 
 
@@ -140,3 +140,45 @@ def test_export_keeps_only_the_ema_generator_in_float16(tmp_path):
     a = np.asarray(Colorizer(full, cfg, torch.device("cpu"), 64).colorize(rgb), dtype=np.float32) / 255
     b = np.asarray(Colorizer(half, cfg, torch.device("cpu"), 64).colorize(rgb), dtype=np.float32) / 255
     assert np.abs(a - b).max() < 2.5 / 255  # float16 storage changes the colours by less than two 8-bit steps
+
+
+def test_export_and_inference_take_the_ema_generator_not_the_trained_one(tmp_path):
+    """A checkpoint whose trained G is far from its EMA: --export writes the EMA (within float16), and
+    --weights checkpoint.pt (load_generator) runs the EMA, bit for bit."""
+    cfg = tiny_cfg(tmp_path, tmp_path / "run", 1)
+    torch.manual_seed(0)
+    state = TrainState.build(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        for p in state.netG.parameters():
+            p.add_(1.0)  # G: off by 1 in every weight, the EMA untouched
+    ckpt = str(tmp_path / "checkpoint.pt")
+    state.save(ckpt, cfg, rng={})
+    out = tmp_path / "small.pt"
+    assert cb.main(["--export", str(out), "--weights", ckpt]) == 0
+    exported = load_checkpoint(str(out))["netG_ema"]
+    ema, trained = state.netG_ema.state_dict(), state.netG.state_dict()
+    for k, v in ema.items():
+        assert torch.allclose(exported[k].float(), v.float(), rtol=1e-3, atol=1e-4), k  # float16 storage
+    assert all((trained[k] - exported[k].float()).abs().min() > 0.5 for k, _ in state.netG.named_parameters())
+    loaded, _ = load_generator(ckpt, torch.device("cpu"))
+    assert all(torch.equal(v, ema[k]) for k, v in loaded.state_dict().items())
+
+
+def test_paths_on_the_command_line_are_relative_to_the_current_folder_and_constants_to_the_script(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = os.getcwd()
+    parse = cb.build_parser().parse_args
+    typed = cb.make_config(parse(["--infer", "x.jpg", "--weights", "w.pt", "--out", "o", "--data", "a,sub/b",
+                                  "--run-dir", "../r", "--vgg-weights", "/abs/v.pth"]))
+    assert typed["WEIGHTS"] == os.path.join(here, "w.pt") and typed["OUT_DIR"] == os.path.join(here, "o")
+    assert typed["DATA_DIR"] == f"{os.path.join(here, 'a')},{os.path.join(here, 'sub', 'b')}"
+    assert typed["RUN_DIR"] == os.path.join(os.path.dirname(here), "r")
+    assert typed["VGG_WEIGHTS"] == "/abs/v.pth"
+    defaults = cb.make_config(parse(["--infer", "x.jpg"]))  # the constants block: beside colorize_base.py
+    shared = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "bsds500"))
+    assert defaults["WEIGHTS"] == os.path.join(REPO, "weights", "colorizer_bsds500.pt")
+    assert defaults["RUN_DIR"] == os.path.join(REPO, "runs", "default")
+    assert defaults["DATA_DIR"] == f"{os.path.join(shared, 'train')},{os.path.join(shared, 'val')}"
+    assert defaults["VAL_DIR"] == os.path.join(shared, "test")
+    assert defaults["VGG_WEIGHTS"] == ""  # empty stays empty: no path at all
