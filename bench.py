@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from tqdm import tqdm
 import colorize_base as cb
 from checkpoint import TrainState, UserError
 from colorizer import Colorizer, pick_device, save_png
-from data import ColorizationDataset, find_images, to_net_input
+from data import ColorizationDataset, find_images
 from models import build_generator
 
 DESIGN_DOC = {128: 150, 256: 25}  # images per batch the design document fits on a 16 GB GPU, by crop size
@@ -139,26 +140,33 @@ def data_batches(files, size, batch_size, n_batches, num_workers, device):
                                             pin_memory=device.type == "cuda"))
 
 
-def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, num_workers=0):
-    """Time `steps` full training steps at size x size after `warmup` (the first one counts the FLOPs)."""
-    device = torch.device(device_name)
-    torch.manual_seed(cfg["SEED"])
+def training_stepper(cfg, device, batches, seed=0):
+    """A fresh TrainState and a function running one full training step on it (train_step as
+    train() runs it, plus the EMA update) on the next batch; the function returns
+    (seconds waited for data, the step's losses)."""
+    torch.manual_seed(seed)
     state, amp = TrainState.build(cfg, device), cb.autocast_for(device, cfg)
-    batches = data_batches(files, size, batch_size, max(1, warmup) + steps, num_workers, device)
     state.netG.train()
     state.netD.train()
-    reset_peak_memory(device)
 
     def step():
         t0 = time.perf_counter()
         batch = next(batches)
         wait = time.perf_counter() - t0
-        real_A, real_B = to_net_input(batch, device)
-        cb.train_step(state, real_A, real_B, cfg, amp)
+        real_A, real_B = cb.net_batch(batch, device, cfg)
+        _, losses = cb.train_step(state, real_A, real_B, cfg, amp)
         cb.update_ema(state.netG_ema, state.netG, cfg["EMA_DECAY"])
         sync(device)
-        return wait
+        return wait, losses
+    return step
 
+
+def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, num_workers=0):
+    """Time `steps` full training steps at size x size after `warmup` (the first one counts the FLOPs)."""
+    device = torch.device(device_name)
+    batches = data_batches(files, size, batch_size, max(1, warmup) + steps, num_workers, device)
+    step = training_stepper(cfg, device, batches, cfg["SEED"])
+    reset_peak_memory(device)
     with FlopCounterMode(display=False) as counter:
         step()
     for _ in range(warmup - 1):
@@ -166,13 +174,87 @@ def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, n
     times, waits = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        waits.append(step())
+        waits.append(step()[0])
         times.append(time.perf_counter() - t0)
     total, wait = sum(times), sum(waits)
     return {"size": size, "batch": batch_size, "steps": steps, "images_per_s": batch_size * steps / total,
             "compute_images_per_s": batch_size * steps / max(total - wait, 1e-9),
             "step_s_median": statistics.median(times), "data_wait_s_per_step": wait / steps,
             "flops_per_step": counter.get_total_flops(), "peak_memory_bytes": peak_memory(device)}
+
+
+def compare_train(cfg, changes, size, batch_size, steps, warmup, device_name):
+    """The old path and the new path of a change ({constant: (old value, new value)}), timed in this
+    process one step each in turn, so that noise from other work hits both alike. Both start from
+    the same weights on the same batches, so their first-step losses agree to float tolerance when
+    the change is exact."""
+    device = torch.device(device_name)
+    n = max(1, warmup) + steps
+    batch = (torch.rand(n, batch_size, 3, size, size) * 255).to(torch.uint8)
+    variants = [{**cfg, **{k: v[i] for k, v in changes.items()}} for i in (0, 1)]
+    steppers = [training_stepper(c, device, iter(batch), cfg["SEED"]) for c in variants]
+    first = [step()[1].float().cpu() for step in steppers]
+    for _ in range(warmup - 1):
+        for step in steppers:
+            step()
+    times = [[], []]
+    for _ in range(steps):
+        for k, step in enumerate(steppers):
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    return {"changes": {k: [str(x) for x in v] for k, v in changes.items()}, "size": size, "batch": batch_size,
+            "steps": steps, "compute": [str(cb.amp_dtype(device, c)).removeprefix("torch.") for c in variants],
+            "images_per_s": [batch_size / statistics.median(t) for t in times],
+            "first_step_losses": [f.tolist() for f in first],
+            "max_loss_difference": float((first[1] - first[0]).abs().max())}
+
+
+def profile_train(cfg, size, batch_size, device_name, rows=12):
+    """torch.profiler table of one full training step (after two warm-up steps): where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+    device = torch.device(device_name)
+    batch = (torch.rand(3, batch_size, 3, size, size) * 255).to(torch.uint8)
+    step = training_stepper(cfg, device, iter(batch), cfg["SEED"])
+    step()
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=44)
+
+
+def conv_flops_per_s(device, dtype, repeats=3, shape=(16, 64, 64, 64)):
+    """Best FLOP/s of a 3x3 convolution (C -> C channels, channels-last), forward alone and forward
+    + backward (input and weight gradients, as in training), in dtype: the rate the training step's
+    convolutions could reach on this machine."""
+    B, C, H, W = shape
+    conv = torch.nn.Conv2d(C, C, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last)
+    x = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    flops = 2 * B * C * C * 9 * H * W
+
+    def best(fn):
+        fn()
+        sync(device)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def forward():
+        with torch.no_grad(), amp:
+            conv(x)
+
+    def forward_backward():
+        with amp:
+            y = conv(x)
+        y.float().sum().backward()
+    return {"forward": flops / best(forward), "forward_backward": 3 * flops / best(forward_backward)}
 
 
 def max_batch_estimate(points, budget_bytes):
@@ -273,16 +355,19 @@ def format_report(report):
              + (f", load average {m['load_avg_1min']:.1f} at start" if m["load_avg_1min"] is not None else ""),
              f"model: {report['model']}",
              f"matmul: {peak / 1e9:.1f} GFLOP/s ({mm['dtype']}, {mm['n']}x{mm['n']} torch.mm, best of {mm['repeats']})",
+             *(f"3x3 convolution, {d}: {c['forward'] / 1e9:.1f} GFLOP/s forward, {c['forward_backward'] / 1e9:.1f} "
+               f"GFLOP/s forward + backward (16x64x64x64, channels-last)" for d, c in report["conv"].items()),
              "",
              f"training: full GAN step (G + {report['num_D']} D, all losses, forward + backward, both optimizers, "
              f"EMA); {report['data']}",
              f"{'size':>5} {'batch':>5} {'img/s':>8} {'compute img/s':>14} {'step s':>8} {'data wait s':>12} "
-             f"{'GFLOP/step':>11} {'of matmul':>10} {mem:>13}"]
+             f"{'GFLOP/step':>11} {'of matmul':>10} {'of conv':>8} {mem:>13}"]
+    conv = report["conv"][mm["dtype"]]["forward_backward"]  # the rate of the precision the step runs in
     for r in report["train"]:
-        achieved = r["flops_per_step"] * r["compute_images_per_s"] / r["batch"] / peak
+        rate = r["flops_per_step"] * r["compute_images_per_s"] / r["batch"]
         lines.append(f"{r['size']:>5} {r['batch']:>5} {r['images_per_s']:>8.2f} {r['compute_images_per_s']:>14.2f} "
                      f"{r['step_s_median']:>8.3f} {r['data_wait_s_per_step']:>12.3f} {r['flops_per_step'] / 1e9:>11.1f} "
-                     f"{achieved:>10.1%} {r['peak_memory_bytes'] / GB:>13.2f}")
+                     f"{rate / peak:>10.1%} {rate / conv:>8.1%} {r['peak_memory_bytes'] / GB:>13.2f}")
     budget = report["mem_budget_gb"]
     how = "estimated from a line through the peaks above" if m["device"] == "cpu" else "searched on the GPU"
     fits = ", ".join(f"{s} px: {b if b is not None else 'n/a (needs two batch sizes)'}"
@@ -317,6 +402,12 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 CPU, 3 CUDA)")
     p.add_argument("--infer-sizes", type=_ints, default=[256, 512, 1024, 2048], help="square inference inputs, px")
     p.add_argument("--repeats", type=int, default=5, help="timed inference runs per size")
+    p.add_argument("--compare", nargs="+", metavar="NAME=OLD,NEW", default=None,
+                   help="instead of the full report: time the training step with constants at OLD against NEW, "
+                        "interleaved in this process, e.g. --compare AMP=off,bf16 CHANNELS_LAST=false,true "
+                        "(size and batch: the first of --sizes and --batches)")
+    p.add_argument("--profile", action="store_true", help="instead of the full report: the torch.profiler table of "
+                   "one training step (size and batch: the first of --sizes and --batches)")
     p.add_argument("--huge-px", type=_ints, default=[], help="also run --infer on a PNG of this side, px "
                    "(e.g. 9000: the peak memory of a 81-megapixel photo)")
     p.add_argument("--render-size", type=int, default=cb.CONSTANTS["RENDER_SIZE"], help="inference RENDER_SIZE, px")
@@ -371,6 +462,19 @@ def main(argv=None):
     if args.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the benchmark processes started below
         torch.set_num_threads(args.threads)
+    if args.profile:
+        print(profile_train(cfg, args.sizes[0], batches[0], str(device)))
+        return 0
+    if args.compare:
+        try:
+            changes = parse_changes(args.compare)
+        except ValueError as e:
+            print(f"error: --compare: {e}", file=sys.stderr)
+            return 2
+        result = compare_train(cfg, changes, args.sizes[0], batches[0], steps, warmup, str(device))
+        print(format_compare(result, machine_info(device)))
+        write_json({"machine": machine_info(device), "compare": result}, args.out)
+        return 0
     files, data_note = resolve_data(args.data)
     isolate = device.type == "cpu" and not args.no_isolate
     dtype = cb.amp_dtype(device, cfg)
@@ -381,6 +485,8 @@ def main(argv=None):
               "data": data_note, "mem_budget_gb": args.mem_budget_gb, "train": [], "infer": []}
     report["matmul"] = {"flops_per_s": matmul_flops_per_s(device, dtype), "dtype": str(dtype).removeprefix("torch."),
                         "n": 2048, "repeats": 3}
+    dtypes = [torch.float32] + ([dtype] if dtype != torch.float32 else [])
+    report["conv"] = {str(d).removeprefix("torch."): conv_flops_per_s(device, d) for d in dtypes}
     configs = [(s, b) for s in sorted(args.sizes) for b in sorted(batches)]
     for size, batch in tqdm(configs, desc="train configs", dynamic_ncols=True):
         call = (cfg, size, batch, steps, warmup, str(device), files, args.num_workers)
@@ -406,12 +512,43 @@ def main(argv=None):
                                                  else bench_huge_file(*call))
 
     print(format_report(report))
-    out = os.path.abspath(args.out)
+    write_json(report, args.out)
+    return 0
+
+
+def write_json(report, path):
+    out = os.path.abspath(path)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {out}")
-    return 0
+
+
+def parse_changes(texts):
+    """["AMP=off,bf16", ...] -> {"AMP": ("off", "bf16"), ...}, each value typed as on colorize_base's command line."""
+    changes = {}
+    for text in texts:
+        name, _, values = text.partition("=")
+        name = name.strip().upper().replace("-", "_")
+        if name not in cb.CONSTANTS or values.count(",") != 1:
+            raise ValueError(f"expected NAME=OLD,NEW with NAME a constant of colorize_base.py, got {text!r}")
+        parser = cb.build_parser()
+        parser.error = lambda message: (_ for _ in ()).throw(ValueError(message))  # no exit: our own message
+        changes[name] = tuple(getattr(parser.parse_args(["--train", cb.flag(name), v]), name) for v in values.split(","))
+    return changes
+
+
+def format_compare(r, m):
+    changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in r["changes"].items())
+    old, new = r["images_per_s"]
+    return "\n".join([
+        f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}); torch {m['torch']}, device "
+        f"{m['device']}" + (f", load average {m['load_avg_1min']:.1f} at start" if m["load_avg_1min"] is not None else ""),
+        f"compare: {changes}; training step at {r['size']} px, batch {r['batch']}, median of {r['steps']} steps each, "
+        f"interleaved",
+        f"old: {old:.2f} img/s ({r['compute'][0]})   new: {new:.2f} img/s ({r['compute'][1]})   speed-up {new / old:.2f}x",
+        f"first-step losses, largest difference: {r['max_loss_difference']:.2e} "
+        f"(old {['%.4f' % v for v in r['first_step_losses'][0]]}, new {['%.4f' % v for v in r['first_step_losses'][1]]})"])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models import build_discriminator, build_generator
+from models import build_discriminator, build_generator, memory_format
 
 FORMAT_VERSION = 1
 
@@ -180,14 +180,22 @@ class TrainState:
     @classmethod
     def build(cls, cfg, device):
         """Fresh networks, EMA generator, TTUR Adam optimizers and the gradient scaler (float16 only)."""
-        netG = build_generator(cfg).to(device)
-        netD = build_discriminator(cfg).to(device)
+        netG = build_generator(cfg).to(device, memory_format=memory_format(cfg))
+        netD = build_discriminator(cfg).to(device, memory_format=memory_format(cfg))
         netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
         betas = (cfg["BETA1"], cfg["BETA2"])
         optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
         optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
         return cls(netG, netD, netG_ema, optG, optD, scaler)
+
+    def init_generator(self, weights, path):
+        """Start G and its EMA from the weights of a trained generator (fine-tuning)."""
+        try:
+            for net in (self.netG, self.netG_ema):
+                net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: cannot start from it: {short_reason(e)}") from None
 
     def save(self, path, cfg, rng):
         """Write the whole state, the constants and the RNG state as one checkpoint file, atomically."""

@@ -27,11 +27,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from checkpoint import TrainState, UserError, atomic_write, export, load_checkpoint, remove_stale_temporaries
+from checkpoint import (TrainState, UserError, atomic_write, check_finite, export, load_checkpoint,
+                        remove_stale_temporaries)
 from colorizer import Colorizer, colorize_files, pick_device  # noqa: F401 (Colorizer: the Python API)
 from data import ColorizationDataset, lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, scan_images, to_net_input
 from evaluate import evaluate
 from losses import VGGLoss, feature_matching_loss, gan_loss, l1_loss
+from models import memory_format
 
 # -----------------------------------------------------------------------------
 # Constants (relative paths are relative to this file; command-line paths to the current folder)
@@ -39,6 +41,7 @@ DATA_DIR = "../shared/datasets/bsds500/train,../shared/datasets/bsds500/val"  # 
 VAL_DIR = "../shared/datasets/bsds500/test"  # held-out photos for the sample grids; "" holds out NUM_SAMPLES from DATA_DIR
 RUN_DIR = "runs/default"            # checkpoint.pt, log.csv and samples/ of a training run
 WEIGHTS = "weights/colorizer_bsds500.pt"  # generator used by --infer: an exported model or a run's checkpoint.pt
+INIT = ""                           # --train from scratch (""), or fine-tune: G and its EMA start from this model or checkpoint
 OUT_DIR = "results/colorized"       # where --infer writes <stem>.png
 EVAL_DIR = "results/eval"           # where --eval writes metrics.csv, summary.json and sheet.png (--out overrides)
 IMAGE_SIZE = 128                    # 128 or 256; training crop, pixels (a multiple of 2**N_DOWNS)
@@ -72,14 +75,18 @@ RENDER_SIZE = 256                   # inference: longer side, pixels, at which t
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
 MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
 NUM_WORKERS = 2                     # data-loading processes; 0 loads in the main process
-AMP = "bf16"                        # CUDA mixed precision: bf16, fp16 or off (CPU always runs float32)
+AMP = "bf16"                        # mixed precision: bf16, fp16 or off; CPUs use bf16 only where native (AVX512-BF16, AMX), else float32
+CHANNELS_LAST = True                # channels-last memory format for networks and batches (faster convolutions)
+FM_FROM_D_STEP = True               # feature-matching targets: the D step's real-pair features, detached (pix2pixHD); False: a second D pass
+THREADS = 0                         # CPU threads for torch; 0 = the cores not already busy (from the load average)
 SEED = 0                            # random seed
 DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or cuda:N
 # -----------------------------------------------------------------------------
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
 HERE = os.path.dirname(os.path.abspath(__file__))
-ARCH_KEYS = ("NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT", "NDF", "N_LAYERS_D", "NUM_D")
-PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
+G_ARCH_KEYS = ("NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT")  # what --init carries over
+ARCH_KEYS = G_ARCH_KEYS + ("NDF", "N_LAYERS_D", "NUM_D")
+PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "INIT", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
 LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
 
@@ -165,7 +172,7 @@ def check_config(cfg):
     for name in ("IMAGE_SIZE", "BATCH_SIZE", "EPOCHS", "NGF", "NDF", "NUM_D", "N_LAYERS_D", "RENDER_SIZE",
                  "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS", "MAX_BAD_STEPS", "NUM_SAMPLES"):
         need(cfg[name] > 0, name, "positive")
-    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE"):
+    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE", "THREADS"):
         need(cfg[name] >= 0, name, "0 or more")
     for name in ("LR_G", "LR_D"):
         need(cfg[name] > 0, name, "a positive learning rate")
@@ -185,11 +192,37 @@ def check_config(cfg):
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg["DEVICE"]), "DEVICE", "auto, cpu, cuda or cuda:N")
 
 
+def cpu_has_native_bf16():
+    """True on CPUs that run bf16 convolutions natively (AVX512-BF16 or AMX); elsewhere oneDNN
+    emulates bf16 and it is slower than float32."""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
 def amp_dtype(device, cfg):
-    """The dtype the convolutions run in: the one AMP names under CUDA autocast, else float32."""
-    if device.type != "cuda" or cfg["AMP"] == "off":
+    """The dtype the convolutions run in: the one AMP names under CUDA autocast; on CPU bf16 where
+    native and AMP is bf16; else float32. Weights, optimizer state and checkpoints stay float32."""
+    if cfg["AMP"] == "off" or device.type not in ("cuda", "cpu"):
         return torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cfg["AMP"] == "bf16" and cpu_has_native_bf16() else torch.float32
     return torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16
+
+
+def set_threads(cfg):
+    """torch's CPU threads: THREADS, or the cores the 1-minute load average says are free (at least
+    one). On a busy 2-core machine, threads beyond the free cores made each step ~10x slower.
+    Returns the count."""
+    n = cfg["THREADS"]
+    if n == 0:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = max(1, (os.cpu_count() or 1) - int(busy + 0.5))
+        n = min(n, torch.get_num_threads())  # never more than torch (or OMP_NUM_THREADS) chose
+    torch.set_num_threads(n)
+    return n
 
 
 def autocast_for(device, cfg):
@@ -248,6 +281,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     netG, netD = nets or (state.netG, state.netD)
     optG, optD, scaler, plainD = state.optG, state.optD, state.scaler, state.netD
     real_AB = torch.cat([real_A, real_B], dim=1)
+    buffers_G = [b.clone() for b in state.netG.buffers()]  # put back if the step is skipped
 
     # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
     netD.requires_grad_(True)
@@ -268,8 +302,9 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     plainD.requires_grad_(False)
     with amp:
         pred_fake = plainD(torch.cat([real_A, fake_B], dim=1))
-        with torch.no_grad():
-            pred_real = plainD(real_AB)  # features of the D that was just updated
+        if not cfg["FM_FROM_D_STEP"]:
+            with torch.no_grad():
+                pred_real = plainD(real_AB)  # features of the D that was just updated
         loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
         loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
         loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
@@ -284,8 +319,16 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
         ok = not any_rank(not finite(loss_G, None if scaler.is_enabled() else netG), real_A.device)
     if ok:
         scaler.step(optG)
+    else:  # G's forward moved its batch-norm statistics, to NaN when it was not finite (the EMA copies them)
+        for b, saved in zip(state.netG.buffers(), buffers_G):
+            b.copy_(saved)
     scaler.update()
     return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG]).detach()
+
+
+def net_batch(batch_uint8, device, cfg):
+    """A uint8 RGB batch from the loader -> (real_A, real_B) on device, in the networks' memory format."""
+    return tuple(t.contiguous(memory_format=memory_format(cfg)) for t in to_net_input(batch_uint8, device))
 
 
 def build_vgg(cfg, device):
@@ -472,9 +515,8 @@ class CSVLog:
         self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
 
 
-def resume(state, path, cfg, rank, device, log):
-    """Load a run's checkpoint into state, refusing one trained with another network."""
-    ckpt = load_checkpoint(path)
+def resume(state, ckpt, path, cfg, rank, device, log):
+    """Load a run's checkpoint (read from path) into state, refusing one trained with another network."""
     changed = [f"{k}={ckpt['cfg'].get(k)!r} (now {cfg[k]!r})" for k in ARCH_KEYS if ckpt["cfg"].get(k) != cfg[k]]
     if changed:
         raise UserError(f"{path} was trained with a different network: {', '.join(changed)}; "
@@ -533,11 +575,21 @@ def _train(cfg, fresh, rank, world, device):
     torch.manual_seed(cfg["SEED"] + rank)
 
     dataset, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
+    ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and not fresh else None
+    init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
+    if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes
+        cfg = {**cfg, **{k: v for k, v in (ckpt or init)["cfg"].items() if k in G_ARCH_KEYS}}
+        check_config(cfg)
     state, vgg, amp = TrainState.build(cfg, device), build_vgg(cfg, device), autocast_for(device, cfg)
+    if init:
+        check_finite(init["netG_ema"], cfg["INIT"], "generator")
+        state.init_generator(init["netG_ema"], cfg["INIT"])
+        log(f"fine-tuning from {cfg['INIT']} (its step {init['step'] if 'step' in init else 0}): generator and "
+            f"EMA from it, discriminators and optimizers new")
     if master:
         remove_stale_temporaries(run_dir, log)
-    if os.path.exists(ckpt_path) and not fresh:
-        resume(state, ckpt_path, cfg, rank, device, log)
+    if ckpt:
+        resume(state, ckpt, ckpt_path, cfg, rank, device, log)
     if state.batch_in_epoch >= steps_per_epoch:  # the data set shrank since the checkpoint
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     csv_log = CSVLog(os.path.join(run_dir, "log.csv"), state.step, enabled=master)
@@ -568,7 +620,7 @@ def _train(cfg, fresh, rank, world, device):
         t_data = time.time()
         for batch in loader:
             data_wait = time.time() - t_data
-            real_A, real_B = to_net_input(batch, device)
+            real_A, real_B = net_batch(batch, device, cfg)
             ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets)
             state.batch_in_epoch += 1
             if state.batch_in_epoch == steps_per_epoch:
@@ -627,6 +679,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         cfg = make_config(args)
+        set_threads(cfg)
         if args.train:
             train(cfg, fresh=args.fresh)
             return 0

@@ -43,3 +43,23 @@ def test_torchrun_two_processes_train_and_resume(tmp_path):
     assert "at step 3 " in r.stdout and saved_step(run_dir) == 5
     # the checkpoint is a plain one: single-process inference and training read it
     assert load_checkpoint(str(run_dir / "checkpoint.pt"))["cfg"]["NGF"] == 8
+
+
+def test_torchrun_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path):
+    """The multi-node form of the README: two torchrun launchers (one per "machine", here both on
+    this one), each with one process, meeting at a c10d rendezvous endpoint on the first."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, run_dir = make_photos(tmp_path / "data", n=10), tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "colorizer-test",
+           os.path.join(REPO, "colorize_base.py"), "--train", *TINY_ARGS, "--data", data, "--run-dir", str(run_dir),
+           "--device", "cpu", "--steps", "2"]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert sum("training on 2 x cpu" in out for out in outputs) == 1  # global rank 0 reports and writes
+    assert saved_step(run_dir) == 2
