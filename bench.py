@@ -406,6 +406,8 @@ def build_parser():
                    help="instead of the full report: time the training step with constants at OLD against NEW, "
                         "interleaved in this process, e.g. --compare AMP=off,bf16 CHANNELS_LAST=false,true "
                         "(size and batch: the first of --sizes and --batches)")
+    p.add_argument("--set", nargs="+", metavar="NAME=VALUE", default=[],
+                   help="constants of colorize_base.py for every measurement, e.g. --set AMP=off CHANNELS_LAST=false")
     p.add_argument("--profile", action="store_true", help="instead of the full report: the torch.profiler table of "
                    "one training step (size and batch: the first of --sizes and --batches)")
     p.add_argument("--huge-px", type=_ints, default=[], help="also run --infer on a PNG of this side, px "
@@ -454,7 +456,12 @@ def main(argv=None):
         if not values or min(values) <= 0:
             print(f"error: {name} must be positive integers, got {values}", file=sys.stderr)
             return 2
-    cfg = {**cb.CONSTANTS, "NGF": args.ngf, "NDF": args.ndf}
+    try:
+        fixed = {k: v[0] for k, v in parse_changes(args.set, n_values=1).items()}
+    except ValueError as e:
+        print(f"error: --set: {e}", file=sys.stderr)
+        return 2
+    cfg = {**cb.CONSTANTS, "NGF": args.ngf, "NDF": args.ndf, **fixed}
     bad = [s for s in args.sizes if s % 2 ** cfg["N_DOWNS"]]
     if bad:
         print(f"error: --sizes must be multiples of 2**N_DOWNS = {2 ** cfg['N_DOWNS']}, got {bad}", file=sys.stderr)
@@ -524,14 +531,16 @@ def write_json(report, path):
     print(f"wrote {out}")
 
 
-def parse_changes(texts):
-    """["AMP=off,bf16", ...] -> {"AMP": ("off", "bf16"), ...}, each value typed as on colorize_base's command line."""
+def parse_changes(texts, n_values=2):
+    """["AMP=off,bf16", ...] -> {"AMP": ("off", "bf16"), ...} (n_values values a name), each value typed
+    as on colorize_base's command line."""
     changes = {}
     for text in texts:
         name, _, values = text.partition("=")
         name = name.strip().upper().replace("-", "_")
-        if name not in cb.CONSTANTS or values.count(",") != 1:
-            raise ValueError(f"expected NAME=OLD,NEW with NAME a constant of colorize_base.py, got {text!r}")
+        if name not in cb.CONSTANTS or values.count(",") != n_values - 1:
+            form = "NAME=OLD,NEW" if n_values == 2 else "NAME=VALUE"
+            raise ValueError(f"expected {form} with NAME a constant of colorize_base.py, got {text!r}")
         parser = cb.build_parser()
         parser.error = lambda message: (_ for _ in ()).throw(ValueError(message))  # no exit: our own message
         changes[name] = tuple(getattr(parser.parse_args(["--train", cb.flag(name), v]), name) for v in values.split(","))
