@@ -609,7 +609,9 @@ def _train(cfg, fresh, rank, world, device):
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         nets = (DDP(state.netG, device_ids=ids), DDP(state.netD, device_ids=ids))
-    log(f"training on {world} x {device} ({torch.get_num_threads()} threads): {len(dataset)} images, batch "
+    precision = str(amp_dtype(device, cfg)).removeprefix("torch.")
+    threads = f"{torch.get_num_threads()} threads, " if device.type == "cpu" else ""
+    log(f"training on {world} x {device} ({threads}{precision}): {len(dataset)} images, batch "
         f"{batch_size} x {world}, {steps_per_epoch} steps/epoch, steps {state.step} -> {total_steps}, run dir {run_dir}")
 
     bad_in_row = 0

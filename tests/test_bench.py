@@ -62,3 +62,31 @@ def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
 def test_main_rejects_sizes_the_generator_cannot_take(capsys):
     assert bench.main(["--sizes", "100", "--no-isolate"]) == 2
     assert "--sizes" in capsys.readouterr().err
+
+
+def test_compare_of_an_exact_change_gives_equal_first_step_losses():
+    """Channels-last only changes the memory layout: both paths start alike and their first step's
+    losses agree to float tolerance, while both are timed."""
+    r = bench.compare_train(TINY, {"CHANNELS_LAST": (False, True), "AMP": ("off", "off")}, 32, 2, steps=1,
+                            warmup=1, device_name="cpu")
+    assert r["max_loss_difference"] < 1e-4 and len(r["images_per_s"]) == 2 and min(r["images_per_s"]) > 0
+    assert r["compute"] == ["float32", "float32"]
+    inexact = bench.compare_train(TINY, {"FM_FROM_D_STEP": (False, True), "AMP": ("off", "off")}, 32, 2, steps=1,
+                                  warmup=1, device_name="cpu")
+    assert inexact["max_loss_difference"] > 0  # the feature-matching targets differ: D before / after its update
+
+
+def test_compare_and_set_arguments_are_typed_like_the_command_line():
+    assert bench.parse_changes(["amp=off,bf16", "CHANNELS_LAST=false,true"]) == \
+        {"AMP": ("off", "bf16"), "CHANNELS_LAST": (False, True)}
+    assert bench.parse_changes(["LR_G=1e-3"], n_values=1) == {"LR_G": (1e-3,)}
+    for bad in (["NO_SUCH=1,2"], ["AMP=off"], ["CHANNELS_LAST=maybe,true"]):
+        with pytest.raises(ValueError):
+            bench.parse_changes(bad)
+
+
+def test_convolution_rate_and_profile_run_on_tiny_shapes():
+    rates = bench.conv_flops_per_s(torch.device("cpu"), torch.float32, repeats=1, shape=(1, 4, 8, 8))
+    assert rates["forward"] > 0 and rates["forward_backward"] > 0
+    table = bench.profile_train({**TINY, "AMP": "off"}, 32, 2, "cpu")
+    assert "convolution" in table and "Self CPU" in table

@@ -182,3 +182,27 @@ def test_paths_on_the_command_line_are_relative_to_the_current_folder_and_consta
     assert defaults["DATA_DIR"] == f"{os.path.join(shared, 'train')},{os.path.join(shared, 'val')}"
     assert defaults["VAL_DIR"] == os.path.join(shared, "test")
     assert defaults["VGG_WEIGHTS"] == ""  # empty stays empty: no path at all
+
+
+def test_cpu_bf16_only_where_native_and_checkpoints_stay_float32(monkeypatch, tmp_path):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(cb, "cpu_has_native_bf16", lambda: False)
+    assert cb.amp_dtype(cpu, {"AMP": "bf16"}) == torch.float32  # emulated bf16 is slower than float32
+    monkeypatch.setattr(cb, "cpu_has_native_bf16", lambda: True)
+    assert cb.amp_dtype(cpu, {"AMP": "bf16"}) == torch.bfloat16
+    assert cb.amp_dtype(cpu, {"AMP": "off"}) == cb.amp_dtype(cpu, {"AMP": "fp16"}) == torch.float32
+    cfg = photos_and_cfg(tmp_path, 1)
+    cb.train(cfg)
+    ckpt = load_checkpoint(os.path.join(cfg["RUN_DIR"], "checkpoint.pt"))
+    assert all(v.dtype == torch.float32 for k in ("netG", "netD", "netG_ema") for v in ckpt[k].values()
+               if v.is_floating_point())
+
+
+def test_threads_default_to_the_free_cores(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert cb.set_threads({"THREADS": 1}) == 1 == torch.get_num_threads()
+        monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count()), 0.0, 0.0))  # every core busy
+        assert cb.set_threads({"THREADS": 0}) == 1
+    finally:
+        torch.set_num_threads(before)
