@@ -12,6 +12,7 @@ IMAGE_SIZE -> --image-size 128 (short forms: --size, --data, --steps). In Python
     Colorizer.load().colorize("old.jpg").save("old_colour.png")
 """
 import argparse
+import collections
 import csv
 import math
 import os
@@ -46,7 +47,8 @@ OUT_DIR = "results/colorized"       # where --infer writes <stem>.png
 EVAL_DIR = "results/eval"           # where --eval writes metrics.csv, summary.json and sheet.png (--out overrides)
 IMAGE_SIZE = 128                    # 128 or 256; training crop, pixels (a multiple of 2**N_DOWNS)
 BATCH_SIZE = 16                     # images per step
-EPOCHS = 200                        # passes over the training set
+EPOCHS = 200                        # passes over the training set (an epoch: as many draws as photos)
+SOURCE_BALANCE = 0.0                # 0: every photo equally often; 1: every source folder (first level under a DATA_DIR entry) equally often
 MAX_STEPS = 0                       # stop after this many generator steps; 0 = no limit
 LR_G = 1e-4                         # generator Adam learning rate (TTUR, SAGAN)
 LR_D = 4e-4                         # discriminator Adam learning rate (TTUR, SAGAN)
@@ -178,6 +180,7 @@ def check_config(cfg):
         need(cfg[name] > 0, name, "a positive learning rate")
     for name in ("BETA1", "BETA2", "EMA_DECAY", "DROPOUT"):
         need(0 <= cfg[name] < 1, name, "in [0, 1)")
+    need(0 <= cfg["SOURCE_BALANCE"] <= 1, "SOURCE_BALANCE", "in [0, 1]")
     for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG"):
         need(cfg[name] >= 0, name, "0 or more")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")
@@ -349,18 +352,24 @@ class EpochSampler:
     batches, so a resumed run can start at any (epoch, batch) without replaying the data.
 
     With several processes (torchrun), a global batch is batch_size * world consecutive indices of
-    the permutation and process `rank` takes every world-th of them: the shards never overlap."""
+    the permutation and process `rank` takes every world-th of them: the shards never overlap.
+    With weights, an epoch is n draws with replacement in proportion to them instead."""
 
-    def __init__(self, n, batch_size, seed, epoch=0, batch=0, rank=0, world=1):
+    def __init__(self, n, batch_size, seed, epoch=0, batch=0, rank=0, world=1, weights=None):
         self.n, self.batch_size, self.seed, self.epoch, self.batch = n, batch_size, seed, epoch, batch
         self.rank, self.world = rank, world
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def __iter__(self):
         global_batch = self.batch_size * self.world
         epoch, start = self.epoch, self.batch * global_batch
         while True:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)[: self.n // global_batch * global_batch]
+            if self.weights is None:
+                perm = torch.randperm(self.n, generator=g)
+            else:  # n draws with replacement, each index with probability proportional to its weight
+                perm = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+            perm = perm[: self.n // global_batch * global_batch]
             yield from perm[start + self.rank::self.world].tolist()
             epoch, start = epoch + 1, 0
 
@@ -387,9 +396,33 @@ def split_files(cfg, log):
     return train_files, val_files[::stride][: cfg["NUM_SAMPLES"]]
 
 
+def source_weights(files, roots, balance, log):
+    """A sampling weight per photo: n ** -balance, n being the number of photos of its source (the
+    first-level folder under the DATA_DIR entry it came from, or the entry itself). Logs each
+    source's share of the draws."""
+    roots = [os.path.abspath(r) for r in roots]
+
+    def source(f):
+        f = os.path.abspath(f)
+        root = next((r for r in roots if f.startswith(r + os.sep)), os.path.dirname(f))
+        parts = os.path.relpath(f, root).split(os.sep)
+        return os.path.join(root, parts[0]) if len(parts) > 1 else root
+    sources = [source(f) for f in files]
+    counts = collections.Counter(sources)
+    weights = [counts[s] ** -balance for s in sources]
+    total = sum(weights)
+    shares = ", ".join(f"{os.path.basename(s)} {n} ({n * n ** -balance / total:.1%})"
+                       for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    log(f"sources (photos, share of draws at SOURCE_BALANCE {balance}): {shares}")
+    return weights
+
+
 def training_data(cfg, world, log):
-    """(dataset, sample images, batch size per process, steps per epoch, total steps)."""
+    """(dataset, per-photo sampling weights or None, sample images, batch size per process, steps per
+    epoch, total steps)."""
     train_files, val_files = split_files(cfg, log)
+    weights = source_weights(train_files, cfg["DATA_DIR"].split(","), cfg["SOURCE_BALANCE"], log) \
+        if cfg["SOURCE_BALANCE"] > 0 else None
     dataset = ColorizationDataset(train_files, cfg["IMAGE_SIZE"], train=True, max_pixels=cfg["MAX_PIXELS"])
     val_set = ColorizationDataset(val_files, cfg["IMAGE_SIZE"], train=False, max_pixels=cfg["MAX_PIXELS"])
     sample_rgb = torch.stack([val_set[i] for i in range(len(val_set))])
@@ -400,12 +433,13 @@ def training_data(cfg, world, log):
     total_steps = cfg["EPOCHS"] * steps_per_epoch
     if cfg["MAX_STEPS"] > 0:
         total_steps = min(total_steps, cfg["MAX_STEPS"])
-    return dataset, sample_rgb, batch_size, steps_per_epoch, total_steps
+    return dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps
 
 
-def make_loader(dataset, batch_size, state, cfg, rank, world, device):
+def make_loader(dataset, weights, batch_size, state, cfg, rank, world, device):
     """Batches from where state left off: the same data order as an uninterrupted run."""
-    sampler = EpochSampler(len(dataset), batch_size, cfg["SEED"], state.epoch, state.batch_in_epoch, rank, world)
+    sampler = EpochSampler(len(dataset), batch_size, cfg["SEED"], state.epoch, state.batch_in_epoch, rank, world,
+                           weights)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["NUM_WORKERS"],
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg["NUM_WORKERS"] > 0,
@@ -574,7 +608,7 @@ def _train(cfg, fresh, rank, world, device):
     log = tqdm.write if master else (lambda msg: None)
     torch.manual_seed(cfg["SEED"] + rank)
 
-    dataset, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
+    dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
     ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and not fresh else None
     init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
     if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes
@@ -604,7 +638,7 @@ def _train(cfg, fresh, rank, world, device):
             except UserError as e:
                 raise UserError(f"{e}; the previous checkpoint is kept") from None
 
-    loader = make_loader(dataset, batch_size, state, cfg, rank, world, device)
+    loader = make_loader(dataset, weights, batch_size, state, cfg, rank, world, device)
     nets = (state.netG, state.netD)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None

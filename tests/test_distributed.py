@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import colorize_base as cb
 from checkpoint import load_checkpoint
@@ -63,3 +64,32 @@ def test_torchrun_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path):
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert sum("training on 2 x cpu" in out for out in outputs) == 1  # global rank 0 reports and writes
     assert saved_step(run_dir) == 2
+
+
+def test_weighted_epochs_draw_in_proportion_and_resume_mid_epoch():
+    weights = [1.0] * 6 + [3.0] * 2  # the last two indices: three times as likely each
+    full = iter(cb.EpochSampler(8, 2, seed=1, weights=weights))
+    draws = [next(full) for _ in range(8 * 500)]
+    share = sum(d >= 6 for d in draws) / len(draws)
+    assert abs(share - 6 / 12) < 0.03  # 2 x 3 of the 12 weight units
+    resumed = iter(cb.EpochSampler(8, 2, seed=1, epoch=1, batch=1, weights=weights))
+    assert [next(resumed) for _ in range(10)] == draws[8 + 2: 8 + 12]  # epoch 1, from its second batch
+    shards = [iter(cb.EpochSampler(8, 2, seed=1, rank=r, world=2, weights=weights)) for r in range(2)]
+    whole = iter(cb.EpochSampler(8, 4, seed=1, weights=weights))
+    for _ in range(4):  # each global batch of 4 is the two shards' batches of 2, interleaved
+        batch = [next(whole) for _ in range(4)]
+        assert sorted([next(shards[0]) for _ in range(2)] + [next(shards[1]) for _ in range(2)]) == sorted(batch)
+
+
+def test_source_balance_weights_each_first_level_folder(tmp_path):
+    a, b = make_photos(tmp_path / "photos" / "a", n=6), make_photos(tmp_path / "photos" / "b", n=2)
+    loose = make_photos(tmp_path / "loose", n=4)
+    files = sorted(str(p) for d in (a, b, loose) for p in Path(d).glob("*.png"))
+    roots = [str(tmp_path / "photos"), loose]
+    lines = []
+    weights = dict(zip(files, cb.source_weights(files, roots, 1.0, lines.append)))
+    assert {round(w, 6) for f, w in weights.items() if "/a/" in f} == {round(1 / 6, 6)}
+    assert {round(w, 6) for f, w in weights.items() if "/b/" in f} == {0.5}
+    assert {w for f, w in weights.items() if "loose" in f} == {0.25}  # files straight in an entry: one source
+    assert "a 6 (33.3%)" in lines[0] and "b 2 (33.3%)" in lines[0] and "loose 4 (33.3%)" in lines[0]
+    assert set(cb.source_weights(files, roots, 0.0, lines.append)) == {1.0}

@@ -206,3 +206,11 @@ def test_threads_default_to_the_free_cores(monkeypatch):
         assert cb.set_threads({"THREADS": 0}) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_with_balanced_sources_runs_and_reports_the_shares(tmp_path, capsys):
+    make_photos(tmp_path / "data" / "faces", n=6, size=(48, 40))
+    make_photos(tmp_path / "data" / "scenes", n=3, size=(48, 40))
+    assert cb.train(tiny_cfg(tmp_path / "data", tmp_path / "run", 3, "--source-balance", "1")) == 3
+    out = capsys.readouterr().out
+    assert "share of draws at SOURCE_BALANCE 1.0" in out and "faces" in out and "scenes" in out
