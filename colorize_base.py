@@ -566,6 +566,28 @@ def resume(state, ckpt, path, cfg, rank, device, log):
     log(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
 
 
+def start_state(cfg, ckpt_path, fresh, rank, device, log):
+    """(cfg, TrainState) to train from: resumed from the run's checkpoint unless fresh, else started
+    from INIT (fine-tuning: INIT's generator constants and weights), else new. Temporary files of an
+    interrupted save are removed first."""
+    ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and not fresh else None
+    init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
+    if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes
+        cfg = {**cfg, **{k: v for k, v in (ckpt or init)["cfg"].items() if k in G_ARCH_KEYS}}
+        check_config(cfg)
+    state = TrainState.build(cfg, device)
+    if init:
+        check_finite(init["netG_ema"], cfg["INIT"], "generator")
+        state.init_generator(init["netG_ema"], cfg["INIT"])
+        log(f"fine-tuning from {cfg['INIT']} (its step {init['step'] if 'step' in init else 0}): generator and "
+            f"EMA from it, discriminators and optimizers new")
+    if rank == 0:
+        remove_stale_temporaries(os.path.dirname(ckpt_path), log)
+    if ckpt:
+        resume(state, ckpt, ckpt_path, cfg, rank, device, log)
+    return cfg, state
+
+
 def rng_state(device):
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
@@ -609,21 +631,8 @@ def _train(cfg, fresh, rank, world, device):
     torch.manual_seed(cfg["SEED"] + rank)
 
     dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
-    ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and not fresh else None
-    init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
-    if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes
-        cfg = {**cfg, **{k: v for k, v in (ckpt or init)["cfg"].items() if k in G_ARCH_KEYS}}
-        check_config(cfg)
-    state, vgg, amp = TrainState.build(cfg, device), build_vgg(cfg, device), autocast_for(device, cfg)
-    if init:
-        check_finite(init["netG_ema"], cfg["INIT"], "generator")
-        state.init_generator(init["netG_ema"], cfg["INIT"])
-        log(f"fine-tuning from {cfg['INIT']} (its step {init['step'] if 'step' in init else 0}): generator and "
-            f"EMA from it, discriminators and optimizers new")
-    if master:
-        remove_stale_temporaries(run_dir, log)
-    if ckpt:
-        resume(state, ckpt, ckpt_path, cfg, rank, device, log)
+    cfg, state = start_state(cfg, ckpt_path, fresh, rank, device, log)
+    vgg, amp = build_vgg(cfg, device), autocast_for(device, cfg)
     if state.batch_in_epoch >= steps_per_epoch:  # the data set shrank since the checkpoint
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     csv_log = CSVLog(os.path.join(run_dir, "log.csv"), state.step, enabled=master)
