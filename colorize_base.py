@@ -579,7 +579,7 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
     if init:
         check_finite(init["netG_ema"], cfg["INIT"], "generator")
         state.init_generator(init["netG_ema"], cfg["INIT"])
-        log(f"fine-tuning from {cfg['INIT']} (its step {init['step'] if 'step' in init else 0}): generator and "
+        log(f"fine-tuning from {cfg['INIT']} (its step {init.get('step', 0)}): generator and "
             f"EMA from it, discriminators and optimizers new")
     if rank == 0:
         remove_stale_temporaries(os.path.dirname(ckpt_path), log)
