@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models import build_discriminator, build_generator, memory_format
+from models import add_hint_input, build_discriminator, build_generator, memory_format
 
 FORMAT_VERSION = 1
 
@@ -190,8 +190,11 @@ class TrainState:
         return cls(netG, netD, netG_ema, optG, optD, scaler)
 
     def init_generator(self, weights, path):
-        """Start G and its EMA from the weights of a trained generator (fine-tuning)."""
+        """Start G and its EMA from the weights of a trained generator (fine-tuning). An automatic
+        generator's weights fit a hint-taking one: its hint inputs start at zero."""
         try:
+            if self.netG.hint_channels:
+                weights = add_hint_input(weights, self.netG)
             for net in (self.netG, self.netG_ema):
                 net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
         except (RuntimeError, KeyError, TypeError, ValueError) as e:

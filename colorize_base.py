@@ -4,6 +4,7 @@
     python colorize_base.py --infer img.jpg folder/ "scans/*.tif"   colorize into OUT_DIR
     python colorize_base.py --eval photos/ [--eval-size 256]        quality metrics into EVAL_DIR
     python colorize_base.py --export small.pt --weights run/checkpoint.pt
+    python colorize_base.py --serve                                  a local web page, http://127.0.0.1:7860
 
 Every constant below can be overridden by name on the command line:
 IMAGE_SIZE -> --image-size 128 (short forms: --size, --data, --steps). In Python:
@@ -33,6 +34,7 @@ from checkpoint import (TrainState, UserError, atomic_write, check_finite, expor
 from colorizer import Colorizer, colorize_files, pick_device  # noqa: F401 (Colorizer: the Python API)
 from data import ColorizationDataset, lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, scan_images, to_net_input
 from evaluate import evaluate
+from hints import simulate_hints
 from losses import VGGLoss, feature_matching_loss, gan_loss, l1_loss
 from models import memory_format
 
@@ -67,6 +69,11 @@ DROPOUT = 0.0                       # dropout in the three innermost decoder blo
 NDF = 32                            # discriminator width of the first layer, channels (pix2pix: 64; 32 halves the CPU step time)
 N_LAYERS_D = 3                      # strided layers per PatchGAN (3: 70x70 patches)
 NUM_D = 3                           # discriminators, one per image scale (pix2pixHD)
+HINT_INPUT = False                  # the generator also takes colour hints (Zhang et al. 2017); --init from an automatic model adds them
+HINT_SHARE = 0.5                    # training with hints: share of images given any (the rest learn the automatic task)
+HINT_GEOM_P = 0.125                 # training with hints: their number is geometric, 1, 2, ... with mean 1/p (Zhang et al.: 1/8)
+HINT_PATCH = 9                      # training with hints: each is a square of 1..HINT_PATCH px holding its mean true colour
+HINT_COLOUR_BIAS = 0.5              # training with hints: share placed on a pixel drawn by its chroma (users hint coloured things)
 EMA_DECAY = 0.999                   # generator exponential moving average, per step
 SAVE_EVERY = 500                    # checkpoint interval, generator steps
 SAMPLE_EVERY = 500                  # sample grid interval, generator steps
@@ -87,7 +94,7 @@ DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or c
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
 HERE = os.path.dirname(os.path.abspath(__file__))
 G_ARCH_KEYS = ("NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT")  # what --init carries over
-ARCH_KEYS = G_ARCH_KEYS + ("NDF", "N_LAYERS_D", "NUM_D")
+ARCH_KEYS = G_ARCH_KEYS + ("HINT_INPUT", "NDF", "N_LAYERS_D", "NUM_D")
 PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "INIT", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
 LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
@@ -122,7 +129,15 @@ def build_parser():
     mode.add_argument("--export", metavar="FILE", help="write the EMA generator of --weights as a small float16 file")
     mode.add_argument("--eval", metavar="DIR", help="colorize the gray version of every colour photo in DIR and score "
                                                     "it against the photo, beside a gray baseline (into EVAL_DIR or --out)")
+    mode.add_argument("--serve", action="store_true", help="start the local web page (pip install -r "
+                                                           "requirements-ui.txt), at http://127.0.0.1:7860")
+    p.add_argument("--port", type=int, default=7860, help="with --serve: the port (default 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on (default 127.0.0.1, "
+                                                       "this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--fresh", action="store_true", help="with --train: start over, ignoring a checkpoint in RUN_DIR")
+    p.add_argument("--hints", metavar="FILE|N", help="with --infer: a JSON file of colour hints for the one photo "
+                                                     "(see the README); with --eval: reveal N true colours per photo "
+                                                     "as hints. Needs a model trained with HINT_INPUT")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     for name, default in CONSTANTS.items():
         flags = ["--" + name.lower().replace("_", "-")] + ALIASES.get(name, [])
@@ -180,7 +195,10 @@ def check_config(cfg):
         need(cfg[name] > 0, name, "a positive learning rate")
     for name in ("BETA1", "BETA2", "EMA_DECAY", "DROPOUT"):
         need(0 <= cfg[name] < 1, name, "in [0, 1)")
-    need(0 <= cfg["SOURCE_BALANCE"] <= 1, "SOURCE_BALANCE", "in [0, 1]")
+    for name in ("SOURCE_BALANCE", "HINT_SHARE", "HINT_COLOUR_BIAS"):
+        need(0 <= cfg[name] <= 1, name, "in [0, 1]")
+    need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
+    need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
     for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG"):
         need(cfg[name] >= 0, name, "0 or more")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")
@@ -274,13 +292,14 @@ def split_pred(pred, n):
     return [[f[:n] for f in feats] for feats in pred], [[f[n:] for f in feats] for feats in pred]
 
 
-def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None):
+def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None, hints=None):
     """One GAN step on state: D on a detached fake, then G with D frozen; each optimizer steps only
     when its loss and gradients are finite (in every process, under torchrun). Returns (ok, losses):
     ok is False when the step was skipped, losses a detached tensor in LOSS_NAMES order.
 
     nets: the (netG, netD) to run forward, e.g. DistributedDataParallel wrappers of state.netG and
-    state.netD; the G step runs the plain D, since it needs no D gradients."""
+    state.netD; the G step runs the plain D, since it needs no D gradients. hints: the generator's
+    hint input (B, 3, H, W) for a HINT_INPUT model; D judges the colourization as without hints."""
     netG, netD = nets or (state.netG, state.netD)
     optG, optD, scaler, plainD = state.optG, state.optD, state.scaler, state.netD
     real_AB = torch.cat([real_A, real_B], dim=1)
@@ -289,7 +308,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
     netD.requires_grad_(True)
     with amp:
-        fake_B = netG(real_A)
+        fake_B = netG(real_A, hints)
         pred = netD(torch.cat([torch.cat([real_A, fake_B.detach()], dim=1), real_AB], dim=0))
         pred_fake, pred_real = split_pred(pred, real_A.shape[0])
         loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
@@ -332,6 +351,12 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
 def net_batch(batch_uint8, device, cfg):
     """A uint8 RGB batch from the loader -> (real_A, real_B) on device, in the networks' memory format."""
     return tuple(t.contiguous(memory_format=memory_format(cfg)) for t in to_net_input(batch_uint8, device))
+
+
+def training_hints(real_B, cfg):
+    """Simulated user hints for a batch (hints.simulate_hints with the HINT_* constants)."""
+    return simulate_hints(real_B, cfg["HINT_SHARE"], cfg["HINT_GEOM_P"], cfg["HINT_PATCH"],
+                          cfg["HINT_COLOUR_BIAS"]).contiguous(memory_format=memory_format(cfg))
 
 
 def build_vgg(cfg, device):
@@ -551,7 +576,8 @@ class CSVLog:
 
 def resume(state, ckpt, path, cfg, rank, device, log):
     """Load a run's checkpoint (read from path) into state, refusing one trained with another network."""
-    changed = [f"{k}={ckpt['cfg'].get(k)!r} (now {cfg[k]!r})" for k in ARCH_KEYS if ckpt["cfg"].get(k) != cfg[k]]
+    before = {**CONSTANTS, **ckpt["cfg"]}  # a constant older checkpoints lack had its default then
+    changed = [f"{k}={before.get(k)!r} (now {cfg[k]!r})" for k in ARCH_KEYS if before.get(k) != cfg[k]]
     if changed:
         raise UserError(f"{path} was trained with a different network: {', '.join(changed)}; "
                         f"use the same constants, another --run-dir, or --fresh")
@@ -572,15 +598,18 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
     interrupted save are removed first."""
     ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and not fresh else None
     init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
-    if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes
-        cfg = {**cfg, **{k: v for k, v in (ckpt or init)["cfg"].items() if k in G_ARCH_KEYS}}
+    if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes; HINT_INPUT
+        source = (ckpt or init)["cfg"]  # may add hints to an automatic model, never take them away
+        cfg = {**cfg, **{k: v for k, v in source.items() if k in G_ARCH_KEYS},
+               "HINT_INPUT": cfg["HINT_INPUT"] or source.get("HINT_INPUT", False)}
         check_config(cfg)
     state = TrainState.build(cfg, device)
     if init:
         check_finite(init["netG_ema"], cfg["INIT"], "generator")
         state.init_generator(init["netG_ema"], cfg["INIT"])
+        added = " (with new zero-weight hint inputs)" if cfg["HINT_INPUT"] and not init["cfg"].get("HINT_INPUT") else ""
         log(f"fine-tuning from {cfg['INIT']} (its step {init.get('step', 0)}): generator and "
-            f"EMA from it, discriminators and optimizers new")
+            f"EMA from it{added}, discriminators and optimizers new")
     if rank == 0:
         remove_stale_temporaries(os.path.dirname(ckpt_path), log)
     if ckpt:
@@ -666,7 +695,8 @@ def _train(cfg, fresh, rank, world, device):
         for batch in loader:
             data_wait = time.time() - t_data
             real_A, real_B = net_batch(batch, device, cfg)
-            ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets)
+            hints = training_hints(real_B, cfg) if cfg["HINT_INPUT"] else None
+            ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets, hints)
             state.batch_in_epoch += 1
             if state.batch_in_epoch == steps_per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -720,10 +750,24 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def hints_argument(args):
+    """--hints: a file for --infer (returned as is), a count for --eval (returned as an int)."""
+    if args.hints is None:
+        return 0
+    if not (args.infer or args.eval):
+        raise UserError("--hints is for --infer (a hints file) and --eval (a number of hints)")
+    if args.eval:
+        if not args.hints.isdigit():
+            raise UserError(f"--hints with --eval must be a whole number of hints per photo, got {args.hints!r}")
+        return int(args.hints)
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         cfg = make_config(args)
+        n_hints = hints_argument(args)
         set_threads(cfg)
         if args.train:
             train(cfg, fresh=args.fresh)
@@ -733,11 +777,16 @@ def main(argv=None):
             print(f"wrote {os.path.abspath(args.export)} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
             return 0
         colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"])
+        if args.serve:
+            from webapp import serve  # Gradio is an optional dependency
+            serve(colorizer, args.host, args.port)
+            return 0
         with sigterm_as_interrupt():
             if args.infer:
-                return 1 if colorize_files(colorizer, args.infer, cfg["OUT_DIR"], args.debug) else 0
+                return 1 if colorize_files(colorizer, args.infer, cfg["OUT_DIR"], args.debug, args.hints) else 0
             out_dir = cfg["OUT_DIR"] if args.OUT_DIR is not None else cfg["EVAL_DIR"]
-            return 1 if evaluate(colorizer, args.eval, out_dir, cfg["EVAL_SIZE"], cfg["NUM_SAMPLES"], args.debug) else 0
+            return 1 if evaluate(colorizer, args.eval, out_dir, cfg["EVAL_SIZE"], cfg["NUM_SAMPLES"], args.debug,
+                                 n_hints) else 0
     except KeyboardInterrupt:
         return 130
     except UserError as e:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from checkpoint import UserError, atomic_write, describe_os_error, load_generator
 from data import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
                   open_image, rgb_to_lab, unique_files)
+from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
 
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
 
@@ -57,11 +58,20 @@ class Colorizer:
         netG, cfg = load_generator(weights, device, defaults=cb.CONSTANTS)
         return cls(netG, cfg, device, render_size or cb.RENDER_SIZE, max_pixels or cb.MAX_PIXELS, weights)
 
+    @property
+    def takes_hints(self):
+        """Whether the model was trained to follow colour hints (HINT_INPUT)."""
+        return bool(self.netG.hint_channels)
+
     @torch.inference_mode()
-    def colorize(self, image, render_size=None):
+    def colorize(self, image, render_size=None, hints=None, saturation=1.0):
         """Colorize one photo; returns a PIL image of the same size, RGB, or RGBA when the input has alpha.
 
         image: a file path, a PIL image, or an (H, W) / (H, W, 3) uint8 or float array (floats in [0, 1]).
+        hints: colour hints [(x, y, "#rrggbb"), ...] in the image's own pixels (see hints.py); needs
+        a model trained with HINT_INPUT. None or [] is the automatic result.
+        saturation: the predicted ab is multiplied by it (in Lab, after the network): 1 as predicted,
+        0 gray, above 1 more colourful.
         Colour in the input is discarded. The network sees the luminance resized so that its longer
         side is render_size (never enlarged); the predicted ab is upsampled to the original size and
         joined with the original full-resolution L, in bands, so memory stays bounded on huge photos.
@@ -69,6 +79,8 @@ class Colorizer:
         render_size = self.render_size if render_size is None else render_size
         if not (isinstance(render_size, int) and render_size > 0):
             raise ValueError(f"render_size must be a positive whole number of pixels, got {render_size!r}")
+        if not (isinstance(saturation, (int, float)) and 0 <= saturation < float("inf")):
+            raise ValueError(f"saturation must be a number >= 0, got {saturation!r}")
         read_rows, H, W = _row_reader(image, self.max_pixels)
         step = max(1, BAND_PIXELS // W)
         bands = [(y, min(H, y + step)) for y in range(0, H, step)]
@@ -77,10 +89,16 @@ class Colorizer:
             rgb, a = read_rows(y0, y1)
             return lab_to_net(rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None]))[0], a
 
+        h, w = render_shape(H, W, render_size)
+        planes = None  # the hint input, checked before any work
+        if hints:
+            if not self.takes_hints:
+                raise HintError("this model takes no colour hints (it was trained without HINT_INPUT; "
+                                "fine-tune it with --hint-input true, see the README)")
+            planes = self.netG.pad(hint_planes(hints, W, H, w, h).to(self.device), mode="constant")
+
         # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
         #    each band is averaged across the width here, the rows below, so full-size L is never held
-        s = min(render_size, max(H, W)) / max(H, W)
-        h, w = max(1, round(H * s)), max(1, round(W * s))
         L_w = torch.empty(1, 1, H, w)
         alpha = None
         for y0, y1 in bands:
@@ -92,7 +110,9 @@ class Colorizer:
         small = F.adaptive_avg_pool2d(L_w, (h, w)).clamp(-1, 1).to(self.device)
 
         # 2. the network, on the luminance padded to its multiple
-        fake_B = self.netG(self.netG.pad(small))[..., :h, :w].float().cpu()
+        fake_B = self.netG(self.netG.pad(small), planes)[..., :h, :w].float().cpu()
+        if saturation != 1:
+            fake_B = fake_B * saturation  # clamped to the ab range when converted back
 
         # 3. ab upsampled to full size (bilinear, separable: the width once, the rows per band) and
         #    joined with the full-resolution L, band by band
@@ -105,6 +125,12 @@ class Colorizer:
         if alpha is not None:
             result.putalpha(Image.fromarray(alpha))
         return result
+
+
+def render_shape(H, W, render_size):
+    """(h, w) at which the network sees an H x W photo: the longer side render_size, never enlarged."""
+    s = min(render_size, max(H, W)) / max(H, W)
+    return max(1, round(H * s)), max(1, round(W * s))
 
 
 def _upsample_rows(x, y0, y1, H):
@@ -153,9 +179,11 @@ def _row_reader(image, max_pixels):
 # -----------------------------------------------------------------------------
 # Colorizing many files: --infer
 
-def colorize_files(colorizer, inputs, out_dir, debug=False):
+def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
     """Colorize every image under inputs (files, folders, globs) into out_dir as <stem>.png.
-    A file that fails is reported by name and the others still run. Returns the number that failed."""
+    Colour hints come from hints_file (one input photo only), else from photo.hints.json beside each
+    photo when there is one. A file that fails (or its hints) is reported by name and the others
+    still run. Returns the number that failed."""
     files, failed = [], []
     for p in inputs:  # a missing input is reported, the others still run
         try:
@@ -163,12 +191,21 @@ def colorize_files(colorizer, inputs, out_dir, debug=False):
         except FileNotFoundError:
             failed.append((p, "no such file, folder or pattern"))
     files = unique_files(files)  # one real file once, across inputs too
+    if hints_file and len(files) + len(failed) != 1:
+        raise UserError(f"--hints {hints_file} is for one photo, got {len(files) + len(failed)}; for many photos "
+                        f"put photo{SIDECAR_SUFFIX} beside each photo.jpg")
     make_output_dir(out_dir)
     targets = output_paths(inputs, files, out_dir)
     n_ok = 0
     for f in tqdm(files, desc="colorize", unit="img", dynamic_ncols=True):
+        source = hints_file or (sidecar_path(f) if os.path.isfile(sidecar_path(f)) else None)
         try:
-            save_png(colorizer.colorize(f), targets[f])
+            hints = read_hints(source) if source else None
+            try:
+                result = colorizer.colorize(f, hints=hints)
+            except HintError as e:
+                raise UserError(f"{source}: {e}") from None
+            save_png(result, targets[f])
             n_ok += 1
         except Exception as e:  # keep going: one bad file must not end a batch of thousands
             if debug and not isinstance(e, (BadImageError, UserError)):

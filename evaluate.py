@@ -5,6 +5,7 @@ import io
 import json
 import os
 import sys
+import zlib
 
 import numpy as np
 import torch
@@ -13,8 +14,9 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from checkpoint import UserError, atomic_write
-from colorizer import display_name, failure_reason, make_output_dir
+from colorizer import display_name, failure_reason, make_output_dir, render_shape
 from data import IMG_EXTENSIONS, BadImageError, find_images, is_grayscale, lab_to_rgb, load_image, rgb_to_lab
+from hints import POINT_SIDE, hex_color, square
 from metrics import colorfulness, colorfulness_gap, image_metrics
 
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness")
@@ -85,9 +87,25 @@ def format_table(summary):
     return "\n".join(lines)
 
 
-def score_file(colorizer, path, eval_size):
+def hints_from_truth(truth, n, rng, render_size, side=POINT_SIDE):
+    """n colour hints [(x, y, "#rrggbb"), ...] revealed from a colour photo (H, W, 3) in [0, 1], as a
+    user who knew the colours would give them: points drawn uniformly with rng (numpy Generator),
+    each with the photo's mean colour over the square the hint covers at render size."""
+    H, W = truth.shape[:2]
+    h, w = render_shape(H, W, render_size)
+    small = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(truth).permute(2, 0, 1)[None], (h, w))[0]
+    hints = []
+    for p in rng.choice(h * w, size=min(n, h * w), replace=False):
+        r, c = divmod(int(p), w)
+        colour = small[(slice(None), *square(r, c, side, h, w))].mean((1, 2)).tolist()
+        hints.append((int((c + 0.5) * W / w), int((r + 0.5) * H / h), hex_color(colour)))
+    return hints
+
+
+def score_file(colorizer, path, eval_size, n_hints=0):
     """The metrics row of one photo, and its (gray, ours, truth) panels; status "gray" for a photo
-    without colour. Raises BadImageError for a file that cannot be read."""
+    without colour. With n_hints, that many hints revealed from the photo (a seed fixed by its file
+    name) guide the colorization. Raises BadImageError for a file that cannot be read."""
     truth, _ = load_image(path, colorizer.max_pixels)
     if eval_size:
         truth = center_square(truth, eval_size)
@@ -95,18 +113,23 @@ def score_file(colorizer, path, eval_size):
     if is_grayscale(truth):
         return {**row, "status": "gray"}, None
     gray = gray_version(truth)
-    ours = np.asarray(colorizer.colorize(gray), dtype=np.float32) / 255
+    hints = None
+    if n_hints:
+        rng = np.random.default_rng(zlib.crc32(os.path.basename(path).encode("utf-8", "surrogateescape")))
+        hints = hints_from_truth(truth, n_hints, rng, colorizer.render_size)
+    ours = np.asarray(colorizer.colorize(gray, hints=hints), dtype=np.float32) / 255
     row.update(image_metrics(ours, truth))
     row.update({k + "_gray": v for k, v in image_metrics(gray, truth).items()})
     row["colorfulness_truth"] = colorfulness(truth)
     return row, (gray, ours, truth)
 
 
-def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=False):
+def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=False, n_hints=0):
     """Score the colorizer on the colour photos under data_dir; returns the number of files that failed.
 
     Each photo's gray version goes through colorizer.colorize as with --infer, and is compared with
-    the photo, beside the gray version itself as a baseline. With eval_size the photo is first cut to
+    the photo, beside the gray version itself as a baseline. n_hints > 0 reveals that many true
+    colours per photo as hints (the model must take hints). With eval_size the photo is first cut to
     an eval_size square. Already-gray photos are listed and left out of the means. Writes metrics.csv
     (one row per file), summary.json and sheet.png (gray | ours | truth for num_samples evenly spaced
     files) into out_dir, and prints a table.
@@ -117,13 +140,15 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
         raise UserError(f"--eval: {e}") from None
     if not files:
         raise UserError(f"--eval {data_dir}: no image files there (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
+    if n_hints and not colorizer.takes_hints:
+        raise UserError(f"--hints {n_hints}: {colorizer.weights} takes no colour hints (trained without HINT_INPUT)")
     make_output_dir(out_dir)
     root = data_dir if os.path.isdir(data_dir) else os.path.dirname(data_dir)
     sample = set(files[:: max(1, len(files) // num_samples)][:num_samples])
     rows, panels = [], []
     for f in tqdm(files, desc="eval", unit="img", dynamic_ncols=True):
         try:
-            row, panel = score_file(colorizer, f, eval_size)
+            row, panel = score_file(colorizer, f, eval_size, n_hints)
             if panel and f in sample:
                 panels.append(panel)
         except Exception as e:  # one bad file must not end the evaluation
@@ -147,11 +172,12 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
         sheet = comparison_sheet(panels)
         atomic_write(os.path.join(out_dir, "sheet.png"), lambda fh: sheet.save(fh, format="PNG"), "report")
     summary = {"data": display_name(os.path.abspath(data_dir)), "weights": colorizer.weights,
-               "render_size": colorizer.render_size, "eval_size": eval_size, "images": n_ok,
+               "render_size": colorizer.render_size, "eval_size": eval_size, "hints": n_hints, "images": n_ok,
                "gray_left_out": gray_files, "failed": [f for f, _ in failed], **summarize(rows)}
     text = json.dumps(summary, indent=2)
     atomic_write(os.path.join(out_dir, "summary.json"), lambda fh: fh.write(text.encode()), "report")
     size = f"{eval_size} px centre squares" if eval_size else "full size"
+    size += f", {n_hints} true-colour hints each" if n_hints else ""
     print(f"\n{n_ok} colour photos from {display_name(data_dir)} at {size}, rendered at {colorizer.render_size} px; "
           f"{len(gray_files)} gray left out, {len(failed)} failed")
     print(format_table(summary))

@@ -5,6 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+HINT_CHANNELS = 3  # colour hints, beside L: hint a, hint b, and a mask that is 1 where a hint is
+
 
 def _sn(module, enabled):
     return spectral_norm(module) if enabled else module
@@ -42,6 +44,9 @@ class SelfAttention(nn.Module):
 class UnetGenerator(nn.Module):
     """pix2pix U-Net: L (B, 1, H, W) in [-1, 1] -> ab (B, 2, H, W) in [-1, 1].
 
+    With hint_channels=3 it also takes colour hints (Zhang et al. 2017): hint ab (B, 2, H, W) and a
+    mask (B, 1, H, W) that is 1 where a hint is, concatenated to L. No hints are all zeros.
+
     The encoder halves the resolution n_downs times with 4x4 stride-2 convolutions
     (widths ngf, 2ngf, 4ngf, 8ngf, 8ngf, ...); the decoder mirrors it with skip
     concatenation. Upsampling is nearest-neighbour + 3x3 convolution rather than a
@@ -49,13 +54,13 @@ class UnetGenerator(nn.Module):
     that show as coloured grids in flat regions. H and W must be multiples of 2**n_downs.
     """
 
-    def __init__(self, ngf=64, n_downs=7, attn_factors=(8,), use_sn=True, dropout=0.0):
+    def __init__(self, ngf=64, n_downs=7, attn_factors=(8,), use_sn=True, dropout=0.0, hint_channels=0):
         super().__init__()
-        self.n_downs = n_downs
+        self.n_downs, self.hint_channels = n_downs, hint_channels
         widths = [ngf * min(2 ** i, 8) for i in range(n_downs)]  # output width of encoder level i
         self.down = nn.ModuleList()
         for i in range(n_downs):
-            c_in = 1 if i == 0 else widths[i - 1]
+            c_in = 1 + hint_channels if i == 0 else widths[i - 1]
             layers = [] if i == 0 else [nn.LeakyReLU(0.2, True)]
             layers.append(_sn(nn.Conv2d(c_in, widths[i], 4, 2, 1, bias=False), use_sn))
             if 0 < i < n_downs - 1:  # no norm on the first layer, nor on the 1x1 bottleneck (pix2pix)
@@ -86,17 +91,22 @@ class UnetGenerator(nn.Module):
         """Input sides must be multiples of this: the resolution is halved n_downs times."""
         return 2 ** self.n_downs
 
-    def pad(self, x):
-        """Pad (B, C, h, w) on the bottom and right, repeating the edge, to the next multiple;
-        crop the output back with [..., :h, :w]."""
+    def pad(self, x, mode="replicate"):
+        """Pad (B, C, h, w) on the bottom and right to the next multiple, repeating the edge (L) or
+        with zeros (mode="constant", for hints); crop the output back with [..., :h, :w]."""
         m = self.multiple
-        return F.pad(x, (0, -x.shape[-1] % m, 0, -x.shape[-2] % m), mode="replicate")
+        return F.pad(x, (0, -x.shape[-1] % m, 0, -x.shape[-2] % m), mode=mode)
 
-    def forward(self, x):
+    def forward(self, x, hints=None):
         m = self.multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"generator input sides must be multiples of {m}, got {tuple(x.shape[-2:])} "
                              f"(pad them with netG.pad)")
+        if hints is not None and not self.hint_channels:
+            raise ValueError("this generator takes no colour hints (it was trained with HINT_INPUT off)")
+        if self.hint_channels:
+            hints = x.new_zeros(x.shape[0], self.hint_channels, *x.shape[2:]) if hints is None else hints
+            x = torch.cat([x, hints.to(x.dtype)], dim=1)
         skips = []
         for block in self.down:
             x = block(x)
@@ -169,7 +179,28 @@ def memory_format(cfg):
 def build_generator(cfg):
     """The generator described by a config dict (the constants of colorize_base.py)."""
     return UnetGenerator(ngf=cfg["NGF"], n_downs=cfg["N_DOWNS"], attn_factors=tuple(cfg["ATTN_FACTORS"]),
-                         use_sn=cfg["SPECTRAL_NORM"], dropout=cfg["DROPOUT"])
+                         use_sn=cfg["SPECTRAL_NORM"], dropout=cfg["DROPOUT"],
+                         hint_channels=HINT_CHANNELS if cfg.get("HINT_INPUT", False) else 0)
+
+
+def add_hint_input(state, netG):
+    """An automatic generator's state dict made to fit netG, which also takes hints: the first
+    convolution gets input channels for the hints with zero weights, so the widened network computes
+    exactly what the automatic one did until fine-tuning teaches it to use them. Spectral norm's
+    singular vector v gets zeros at the new positions, which leaves sigma unchanged."""
+    state = dict(state)
+    first = netG.down[0][0]
+    prefix = "down.0.0." + ("parametrizations.weight." if hasattr(first, "parametrizations") else "")
+    key = prefix + ("original" if prefix.endswith("weight.") else "weight")
+    w = state[key]
+    n_new = netG.hint_channels + 1 - w.shape[1]
+    if n_new <= 0:
+        return state
+    state[key] = torch.cat([w, w.new_zeros(w.shape[0], n_new, *w.shape[2:])], dim=1)
+    if prefix + "0._v" in state:  # v is flattened (in, kh, kw): zeros for the new input channels
+        v = state[prefix + "0._v"]
+        state[prefix + "0._v"] = torch.cat([v, v.new_zeros(n_new * w.shape[2] * w.shape[3])])
+    return state
 
 
 def build_discriminator(cfg):

@@ -1,0 +1,165 @@
+"""Colour hints: "this point of the photo is this colour" (Zhang et al. 2017, "Real-Time User-Guided
+Image Colorization with Learned Deep Priors").
+
+A hint is (x, y, colour): a point in the photo's own pixels and a colour, "#rrggbb" or (r, g, b)
+in 0..255. Only the colour's ab in Lab counts; the photo keeps its own lightness. A hint-capable
+generator gets three planes beside L: the hint's ab over a small square around each point, and a
+mask that is 1 there. No hints is all zeros, which is the automatic colorizer.
+
+A hints file (--hints FILE.json, or photo.hints.json beside photo.jpg) holds
+
+    {"hints": [{"x": 120, "y": 64, "color": "#b02020"}, {"x": 30, "y": 200, "color": "#3060c0"}]}
+"""
+import json
+import math
+import os
+import re
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import UserError, describe_os_error
+from data import AB_SCALE, rgb_to_lab
+from models import HINT_CHANNELS
+
+POINT_SIDE = 3          # a user's point hint covers a square of this side, in the pixels the network sees
+MAX_TRAIN_HINTS = 50    # training never draws more hints than this for one image
+SIDECAR_SUFFIX = ".hints.json"
+
+
+class HintError(ValueError):
+    """A hint that cannot be used: a bad colour, a point outside the photo, a malformed hints file."""
+
+
+def parse_color(color):
+    """'#rrggbb' or (r, g, b) with values in 0..255 -> (r, g, b) floats in [0, 1]."""
+    if isinstance(color, str):
+        m = re.fullmatch(r"#([0-9a-fA-F]{6})", color.strip())
+        if m:
+            return tuple(int(m.group(1)[i:i + 2], 16) / 255 for i in (0, 2, 4))
+    elif (isinstance(color, (tuple, list)) and len(color) == 3
+          and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
+        return tuple(c / 255 for c in color)
+    raise HintError(f"colour must be '#rrggbb' or (r, g, b) in 0..255, got {color!r}")
+
+
+def hex_color(rgb):
+    """(r, g, b) floats in [0, 1] -> '#rrggbb'."""
+    return "#" + "".join(f"{round(min(max(c, 0.0), 1.0) * 255):02x}" for c in rgb)
+
+
+def check_hints(hints, W, H):
+    """[(x, y, colour), ...] on a W x H photo -> [(x, y, (r, g, b)), ...]; HintError naming the bad hint."""
+    if isinstance(hints, (str, bytes)) or not hasattr(hints, "__iter__"):
+        raise HintError(f"hints must be a list of (x, y, colour), got {hints!r:.80}")
+    checked = []
+    for i, hint in enumerate(hints, 1):
+        try:
+            x, y, color = hint
+        except (TypeError, ValueError):
+            raise HintError(f"hint {i}: expected (x, y, colour), got {hint!r:.80}") from None
+        for name, v, n in (("x", x, W), ("y", y, H)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < n:  # NaN fails here too
+                raise HintError(f"hint {i}: {name} must be a pixel coordinate in [0, {n}) of this "
+                                f"{W}x{H} photo, got {v!r}")
+        try:
+            checked.append((x, y, parse_color(color)))
+        except HintError as e:
+            raise HintError(f"hint {i}: {e}") from None
+    return checked
+
+
+def square(r, c, side, h, w):
+    """(rows, cols) slices of the side x side square centred on pixel (r, c), cut at the borders of h x w."""
+    r0, c0 = r - (side - 1) // 2, c - (side - 1) // 2
+    return slice(max(0, r0), min(h, r0 + side)), slice(max(0, c0), min(w, c0 + side))
+
+
+def hint_planes(hints, W, H, w, h, side=POINT_SIDE):
+    """The generator's hint input (1, 3, h, w) for hints on a W x H photo that the network sees at
+    w x h: each point becomes a side x side square (cut at the borders) of its colour's ab, with the
+    mask 1 there. A later hint covers an earlier one where they overlap."""
+    hints = check_hints(hints, W, H)
+    planes = torch.zeros(1, HINT_CHANNELS, h, w)
+    if not hints:
+        return planes
+    rgb = torch.tensor([c for _, _, c in hints], dtype=torch.float32).T[None, :, :, None]  # (1, 3, n, 1)
+    ab = (rgb_to_lab(rgb)[0, 1:, :, 0] / AB_SCALE).T.tolist()                             # n x (a, b)
+    for (x, y, _), (a, b) in zip(hints, ab):
+        rows, cols = square(min(int((y + 0.5) * h / H), h - 1), min(int((x + 0.5) * w / W), w - 1), side, h, w)
+        planes[0, :, rows, cols] = torch.tensor([a, b, 1.0])[:, None, None]
+    return planes
+
+
+def simulate_hints(real_B, share=0.5, geom_p=0.125, max_side=9, colour_bias=0.5):
+    """Hints as a user might give them, drawn from the true ab (B, 2, H, W) of a training batch ->
+    (B, 3, H, W). An image gets hints with probability share (else none: the automatic task); then a
+    geometric number of them (1, 2, ... with mean 1/geom_p, at most MAX_TRAIN_HINTS), each a square of
+    1..max_side px carrying the mean true ab of that square. A hint is centred, with probability
+    colour_bias, on a pixel drawn by its chroma (people hint coloured things), else anywhere."""
+    B, _, H, W = real_B.shape
+    planes = real_B.new_zeros(B, HINT_CHANNELS, H, W)
+    geometric = (torch.log(1 - torch.rand(B)) / math.log(1 - geom_p)).floor().long() + 1  # 1, 2, ...
+    counts = torch.where(torch.rand(B) < share, geometric.clamp(max=MAX_TRAIN_HINTS), 0)
+    n = int(counts.sum())
+    if n == 0:
+        return planes
+    img = torch.repeat_interleave(torch.arange(B), counts)               # image of each hint
+    rank = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[img]     # its number within the image
+    chroma = real_B.float().norm(dim=1).flatten(1) + 1e-3                 # (B, H*W), never all zero
+    by_colour = torch.multinomial(chroma, int(counts.max()), replacement=True).cpu()[img, rank]
+    centre = torch.where(torch.rand(n) < colour_bias, by_colour, torch.randint(H * W, (n,)))
+    side = torch.randint(1, max_side + 1, (n,))
+    y0 = (centre // W - (side - 1) // 2).clamp(min=0)
+    x0 = (centre % W - (side - 1) // 2).clamp(min=0)
+    y1, x1 = (y0 + side).clamp(max=H), (x0 + side).clamp(max=W)
+    # the mean true ab of each square, from the integral image (float64: exact enough at any size)
+    integral = F.pad(real_B.double().cumsum(2).cumsum(3), (1, 0, 1, 0))   # (B, 2, H + 1, W + 1)
+    i, a0, a1, b0, b1 = (t.to(real_B.device) for t in (img, y0, y1, x0, x1))
+    sums = integral[i, :, a1, b1] - integral[i, :, a0, b1] - integral[i, :, a1, b0] + integral[i, :, a0, b0]
+    means = (sums / ((a1 - a0) * (b1 - b0))[:, None]).tolist()           # n x (a, b)
+    for k, (a, b) in enumerate(means):
+        rows, cols = slice(y0[k].item(), y1[k].item()), slice(x0[k].item(), x1[k].item())
+        planes[img[k], 0, rows, cols] = a
+        planes[img[k], 1, rows, cols] = b
+        planes[img[k], 2, rows, cols] = 1.0
+    return planes
+
+
+# -----------------------------------------------------------------------------
+# Hints files
+
+def sidecar_path(image_path):
+    """photo.jpg -> photo.hints.json, the hints file --infer picks up beside each photo."""
+    return os.path.splitext(image_path)[0] + SIDECAR_SUFFIX
+
+
+def read_hints(path):
+    """The hints of a JSON hints file as [(x, y, colour), ...]; UserError naming the file and the fault.
+    Coordinates are checked against the photo when it is colorized."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the hints file: {describe_os_error(e)}") from None
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path}: not a valid JSON hints file: {e}") from None
+    items = data.get("hints") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise UserError(f'{path}: expected {{"hints": [{{"x": 12, "y": 34, "color": "#rrggbb"}}, ...]}}')
+    hints = []
+    for i, item in enumerate(items, 1):
+        if not (isinstance(item, dict) and {"x", "y", "color"} <= item.keys()):
+            raise UserError(f"{path}: hint {i}: expected an object with x, y and color, got {item!r:.80}")
+        try:
+            parse_color(item["color"])
+        except HintError as e:
+            raise UserError(f"{path}: hint {i}: {e}") from None
+        hints.append((item["x"], item["y"], item["color"]))
+    return hints
+
+
+def hints_json(hints):
+    """[(x, y, colour), ...] as the text of a hints file (colours written as '#rrggbb')."""
+    return json.dumps({"hints": [{"x": x, "y": y, "color": hex_color(parse_color(c))} for x, y, c in hints]},
+                      indent=1)

@@ -1,0 +1,233 @@
+"""--serve: a local web page on the Python API, for people who do not use a terminal.
+
+Drop one or many photos; each is colorized with the current settings and shown before / after at
+its own size; click the photo to give a colour hint there (models trained with HINT_INPUT); download
+the PNG, or a zip of all. Built with Gradio (requirements-ui.txt); the model is loaded once.
+"""
+import os
+import tempfile
+import time
+import zipfile
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page works offline
+
+from PIL import Image, ImageDraw  # noqa: E402
+
+from checkpoint import UserError  # noqa: E402
+from colorizer import failure_reason  # noqa: E402
+from data import BadImageError, lab_to_rgb, open_image, rgb_to_lab  # noqa: E402
+from hints import HintError, hints_json, read_hints  # noqa: E402
+
+PRESETS = {  # name: colour of a hint; only hue and saturation count, the photo keeps its lightness
+    "light skin": "#e8b898", "medium skin": "#c68a64", "dark skin": "#8a5a3c",
+    "sky blue": "#6a9fd8", "grass green": "#5f8f3a", "brick red": "#a3432f",
+}
+RENDER_SIZES = (256, 1024)  # the quality / speed knob: the longer side the network sees, pixels
+
+
+def gray_of(path, max_pixels):
+    """The photo as the network sees it: its own lightness, no colour (Lab a = b = 0), as RGB."""
+    import numpy as np
+    import torch
+    rgb = np.asarray(open_image(path, max_pixels).convert("RGB"), dtype=np.float32) / 255
+    lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    lab[:, 1:] = 0
+    gray = (lab_to_rgb(lab)[0].mean(0) * 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(gray).convert("RGB")
+
+
+def with_markers(img, hints):
+    """A copy of img with each hint drawn as a ring of its colour, so the user sees where they are."""
+    img = img.copy()
+    draw = ImageDraw.Draw(img)
+    r = max(4, round(max(img.size) / 120))
+    for x, y, colour in hints:
+        draw.ellipse((x - r - 1, y - r - 1, x + r + 1, y + r + 1), outline="white", width=2)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour, outline="black", width=1)
+    return img
+
+
+class Session:
+    """The photos of one browser tab: name, path, gray image, hints and the latest colour result.
+    Its PNGs, zip and hints files are written under root, a folder removed when the server stops."""
+
+    def __init__(self, root):
+        self.photos, self.current, self.folder = [], 0, tempfile.mkdtemp(dir=root)
+
+    def photo(self):
+        return self.photos[self.current] if self.photos else None
+
+    def output_path(self, i):
+        stem = os.path.splitext(self.photos[i]["name"])[0]
+        return os.path.join(self.folder, f"{i + 1:03d}_{stem}.png")
+
+    def download(self):
+        """One photo: its PNG; several: a zip of all."""
+        if not self.photos:
+            return None
+        if len(self.photos) == 1:
+            return self.output_path(0)
+        path = os.path.join(self.folder, "colorized.zip")
+        with zipfile.ZipFile(path, "w") as z:
+            for i, p in enumerate(self.photos):
+                z.write(self.output_path(i), os.path.basename(self.output_path(i))[4:])
+        return path
+
+
+def build_app(colorizer):
+    """The Gradio Blocks app around a loaded Colorizer."""
+    import gradio as gr
+    root = tempfile.TemporaryDirectory(prefix="colorizer-web-")  # lives as long as the app
+
+    def render(session, i, render_size, saturation):
+        p = session.photos[i]
+        t = time.perf_counter()
+        p["colour"] = colorizer.colorize(p["path"], render_size=int(render_size), saturation=float(saturation),
+                                         hints=p["hints"] or None)
+        p["colour"].save(session.output_path(i))
+        p["seconds"] = time.perf_counter() - t
+
+    def view(session, message=""):
+        """Everything the page shows for the current photo."""
+        p = session.photo()
+        if p is None:
+            return (session, gr.update(choices=[], value=None), None, None, None, gr.update(choices=[], value=[]),
+                    None, message)
+        names = [f"{i + 1}. {q['name']}" for i, q in enumerate(session.photos)]
+        hints = [f"{k + 1}: ({x}, {y}) {c}" for k, (x, y, c) in enumerate(p["hints"])]
+        hints_file = os.path.join(session.folder, os.path.splitext(p["name"])[0] + ".hints.json")
+        with open(hints_file, "w") as f:
+            f.write(hints_json(p["hints"]))
+        timing = f"{p['name']}: {p['colour'].width}x{p['colour'].height}, colorized in {p['seconds']:.2f} s"
+        return (session, gr.update(choices=names, value=names[session.current]),
+                with_markers(p["colour"], p["hints"]), (p["gray"], p["colour"]), session.download(),
+                gr.update(choices=hints, value=[]), hints_file, "\n\n".join(filter(None, [message, timing])))
+
+    def add_photos(session, files, render_size, saturation):
+        session = session or Session(root.name)
+        problems, known = [], {p["path"] for p in session.photos}
+        for f in files or []:
+            path = f if isinstance(f, str) else f.name
+            if path in known:  # the upload box lists earlier files too
+                continue
+            name = os.path.basename(path)
+            try:
+                entry = {"name": name, "path": path, "gray": gray_of(path, colorizer.max_pixels), "hints": []}
+                session.photos.append(entry)
+                render(session, len(session.photos) - 1, render_size, saturation)
+                session.current = len(session.photos) - 1
+            except Exception as e:  # a bad file is a message, the page keeps working
+                if session.photos and session.photos[-1].get("path") == path:
+                    session.photos.pop()
+                problems.append(f"**{name}** could not be colorized: {failure_reason(path, e)}")
+        return view(session, "\n\n".join(problems))
+
+    def choose(session, choice):
+        if session and choice:
+            session.current = int(choice.split(".", 1)[0]) - 1
+        return view(session)
+
+    def rerender_all(session, render_size, saturation):
+        if not (session and session.photos):
+            return view(session)
+        for i in range(len(session.photos)):
+            render(session, i, render_size, saturation)
+        return view(session)
+
+    def change_hints(session, render_size, saturation, edit):
+        p = session.photo() if session else None
+        if p is None:
+            return view(session, "Add a photo first.")
+        if not colorizer.takes_hints:
+            return view(session, "This model takes no colour hints: start the page with a hint model "
+                                 "(`--weights`, see the README).")
+        old = list(p["hints"])
+        try:
+            p["hints"] = edit(p)
+            render(session, session.current, render_size, saturation)
+        except (HintError, UserError, BadImageError) as e:
+            p["hints"] = old
+            return view(session, f"**Hints not applied:** {e}")
+        return view(session)
+
+    def click(session, colour, render_size, saturation, evt: gr.SelectData):
+        x, y = (int(v) for v in evt.index)
+        return change_hints(session, render_size, saturation, lambda p: p["hints"] + [(x, y, normal_colour(colour))])
+
+    def remove(session, ticked, render_size, saturation):
+        drop = {int(t.split(":", 1)[0]) - 1 for t in ticked or []}
+        return change_hints(session, render_size, saturation,
+                            lambda p: [h for k, h in enumerate(p["hints"]) if k not in drop])
+
+    def clear(session, render_size, saturation):
+        return change_hints(session, render_size, saturation, lambda p: [])
+
+    def load_hints(session, file, render_size, saturation):
+        path = file if isinstance(file, str) else file.name
+        return change_hints(session, render_size, saturation,
+                            lambda p: [(x, y, normal_colour(c)) for x, y, c in read_hints(path)])
+
+    with gr.Blocks(title="colorizer") as app:
+        app.temp_root = root
+        session = gr.State(None)
+        gr.Markdown("## Colorize black-and-white photos\nDrop photos below. Click a photo to give a colour "
+                    "hint there: the colour spreads over the object you clicked.")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                files = gr.File(label="Photos", file_count="multiple", file_types=["image"], elem_id="upload")
+                render_size = gr.Slider(*RENDER_SIZES, value=max(RENDER_SIZES[0], min(colorizer.render_size,
+                                        RENDER_SIZES[1])), step=64, label="Render size (higher: finer colour, slower)",
+                                        elem_id="render-size")
+                saturation = gr.Slider(0, 2, value=1.0, step=0.05, label="Saturation (1 = as predicted)",
+                                       elem_id="saturation")
+                colour = gr.ColorPicker(value=PRESETS["brick red"], label="Hint colour", elem_id="colour")
+                preset = gr.Radio(list(PRESETS), label="Presets", elem_id="presets")
+                hint_list = gr.CheckboxGroup([], label="Hints on this photo (tick to remove)", elem_id="hints")
+                with gr.Row():
+                    remove_btn = gr.Button("Remove ticked", elem_id="remove-hints")
+                    clear_btn = gr.Button("Clear hints", elem_id="clear-hints")
+                with gr.Row():
+                    save_hints = gr.DownloadButton("Save hints", elem_id="save-hints")
+                    load_btn = gr.UploadButton("Load hints", file_types=[".json"], elem_id="load-hints")
+            with gr.Column(scale=2):
+                status = gr.Markdown(elem_id="status")
+                which = gr.Dropdown([], label="Photo", elem_id="which")
+                result = gr.Image(label="Colorized: click to set a colour there", type="pil", format="png",
+                                  interactive=False, elem_id="result", buttons=["fullscreen"])
+                compare = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="compare")
+                download = gr.File(label="Download", elem_id="download")
+        outputs = [session, which, result, compare, download, hint_list, save_hints, status]
+        settings = [render_size, saturation]
+        files.upload(add_photos, [session, files] + settings, outputs)
+        which.input(choose, [session, which], outputs)
+        for slider in settings:
+            slider.release(rerender_all, [session] + settings, outputs)
+        preset.input(lambda name: PRESETS[name], preset, colour)
+        result.select(click, [session, colour] + settings, outputs)
+        remove_btn.click(remove, [session, hint_list] + settings, outputs)
+        clear_btn.click(clear, [session] + settings, outputs)
+        load_btn.upload(load_hints, [session, load_btn] + settings, outputs)
+    return app
+
+
+def normal_colour(colour):
+    """A colour from the page or a file as '#rrggbb' (the colour picker may send rgba(...) text)."""
+    if isinstance(colour, str) and colour.startswith("rgb"):
+        values = [float(v) for v in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
+        return "#" + "".join(f"{round(v):02x}" for v in values)
+    return colour
+
+
+def serve(colorizer, host="127.0.0.1", port=7860):
+    """Start the page and block; Ctrl-C stops it."""
+    try:
+        import gradio as gr
+    except ImportError:
+        raise UserError("--serve needs the web page's requirements: pip install -r requirements-ui.txt") from None
+    if host not in ("127.0.0.1", "localhost"):
+        print(f"warning: serving on {host}: anyone who can reach this machine can use the page and see the "
+              f"photos uploaded to it")
+    app = build_app(colorizer)
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
+    print(f"model {colorizer.weights} on {colorizer.device}; hints {'on' if colorizer.takes_hints else 'off'}")
+    app.launch(server_name=host, server_port=port, theme=theme, show_error=True, footer_links=[])
