@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models import add_hint_input, build_discriminator, build_generator, memory_format
+from models import build_discriminator, build_generator, memory_format, with_hint_input
 
 FORMAT_VERSION = 1
 
@@ -184,7 +184,10 @@ class TrainState:
         netD = build_discriminator(cfg).to(device, memory_format=memory_format(cfg))
         netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
         betas = (cfg["BETA1"], cfg["BETA2"])
-        optG = torch.optim.Adam(netG.parameters(), lr=cfg["LR_G"], betas=betas)
+        hint = list(netG.hint_in.parameters()) if netG.hint_in is not None else []
+        rest = [p for p in netG.parameters() if all(p is not q for q in hint)]
+        optG = torch.optim.Adam([{"params": rest}] + ([{"params": hint, "lr": cfg["LR_G"] * cfg["HINT_LR_MULT"]}]
+                                                       if hint else []), lr=cfg["LR_G"], betas=betas)
         optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
         return cls(netG, netD, netG_ema, optG, optD, scaler)
@@ -193,8 +196,7 @@ class TrainState:
         """Start G and its EMA from the weights of a trained generator (fine-tuning). An automatic
         generator's weights fit a hint-taking one: its hint inputs start at zero."""
         try:
-            if self.netG.hint_channels:
-                weights = add_hint_input(weights, self.netG)
+            weights = with_hint_input(weights, self.netG)
             for net in (self.netG, self.netG_ema):
                 net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
         except (RuntimeError, KeyError, TypeError, ValueError) as e:

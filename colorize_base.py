@@ -74,6 +74,7 @@ HINT_SHARE = 0.5                    # training with hints: share of images given
 HINT_GEOM_P = 0.125                 # training with hints: their number is geometric, 1, 2, ... with mean 1/p (Zhang et al.: 1/8)
 HINT_PATCH = 9                      # training with hints: each is a square of 1..HINT_PATCH px holding its mean true colour
 HINT_COLOUR_BIAS = 0.5              # training with hints: share placed on a pixel drawn by its chroma (users hint coloured things)
+HINT_LR_MULT = 10.0                 # training with hints: the new hint branch learns this many times faster than LR_G
 EMA_DECAY = 0.999                   # generator exponential moving average, per step
 SAVE_EVERY = 500                    # checkpoint interval, generator steps
 SAMPLE_EVERY = 500                  # sample grid interval, generator steps
@@ -199,6 +200,7 @@ def check_config(cfg):
         need(0 <= cfg[name] <= 1, name, "in [0, 1]")
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
+    need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
     for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG"):
         need(cfg[name] >= 0, name, "0 or more")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")

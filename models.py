@@ -45,7 +45,10 @@ class UnetGenerator(nn.Module):
     """pix2pix U-Net: L (B, 1, H, W) in [-1, 1] -> ab (B, 2, H, W) in [-1, 1].
 
     With hint_channels=3 it also takes colour hints (Zhang et al. 2017): hint ab (B, 2, H, W) and a
-    mask (B, 1, H, W) that is 1 where a hint is, concatenated to L. No hints are all zeros.
+    mask (B, 1, H, W) that is 1 where a hint is. They enter through hint_in, a convolution like the
+    first one whose output is added to it: the same as giving the first convolution more input
+    channels, but kept apart so that it can start at zero (an automatic model computes exactly what
+    it did) and learn at its own rate. No hints (None or zeros) is the automatic colorizer.
 
     The encoder halves the resolution n_downs times with 4x4 stride-2 convolutions
     (widths ngf, 2ngf, 4ngf, 8ngf, 8ngf, ...); the decoder mirrors it with skip
@@ -60,12 +63,16 @@ class UnetGenerator(nn.Module):
         widths = [ngf * min(2 ** i, 8) for i in range(n_downs)]  # output width of encoder level i
         self.down = nn.ModuleList()
         for i in range(n_downs):
-            c_in = 1 + hint_channels if i == 0 else widths[i - 1]
+            c_in = 1 if i == 0 else widths[i - 1]
             layers = [] if i == 0 else [nn.LeakyReLU(0.2, True)]
             layers.append(_sn(nn.Conv2d(c_in, widths[i], 4, 2, 1, bias=False), use_sn))
             if 0 < i < n_downs - 1:  # no norm on the first layer, nor on the 1x1 bottleneck (pix2pix)
                 layers.append(nn.BatchNorm2d(widths[i]))
             self.down.append(nn.Sequential(*layers))
+        # no spectral norm here: it would divide the zero weights of a new branch by their norm, 0
+        self.hint_in = nn.Conv2d(hint_channels, widths[0], 4, 2, 1, bias=False) if hint_channels else None
+        if self.hint_in is not None:
+            nn.init.zeros_(self.hint_in.weight)
         # up[j] doubles the resolution: from input / 2**(i+1) to input / 2**i, with i = n_downs - 1 - j
         self.up = nn.ModuleList()
         self.attn = nn.ModuleDict()
@@ -104,12 +111,11 @@ class UnetGenerator(nn.Module):
                              f"(pad them with netG.pad)")
         if hints is not None and not self.hint_channels:
             raise ValueError("this generator takes no colour hints (it was trained with HINT_INPUT off)")
-        if self.hint_channels:
-            hints = x.new_zeros(x.shape[0], self.hint_channels, *x.shape[2:]) if hints is None else hints
-            x = torch.cat([x, hints.to(x.dtype)], dim=1)
         skips = []
-        for block in self.down:
+        for i, block in enumerate(self.down):
             x = block(x)
+            if i == 0 and hints is not None:
+                x = x + self.hint_in(hints.to(x.dtype))
             skips.append(x)                      # level i: (B, widths[i], H/2^(i+1), W/2^(i+1))
         x = skips.pop()
         for j, block in enumerate(self.up):
@@ -183,24 +189,13 @@ def build_generator(cfg):
                          hint_channels=HINT_CHANNELS if cfg.get("HINT_INPUT", False) else 0)
 
 
-def add_hint_input(state, netG):
-    """An automatic generator's state dict made to fit netG, which also takes hints: the first
-    convolution gets input channels for the hints with zero weights, so the widened network computes
-    exactly what the automatic one did until fine-tuning teaches it to use them. Spectral norm's
-    singular vector v gets zeros at the new positions, which leaves sigma unchanged."""
-    state = dict(state)
-    first = netG.down[0][0]
-    prefix = "down.0.0." + ("parametrizations.weight." if hasattr(first, "parametrizations") else "")
-    key = prefix + ("original" if prefix.endswith("weight.") else "weight")
-    w = state[key]
-    n_new = netG.hint_channels + 1 - w.shape[1]
-    if n_new <= 0:
+def with_hint_input(state, netG):
+    """An automatic generator's state dict made to fit netG, which also takes hints: its hint branch
+    starts at zero, so the widened network computes exactly what the automatic one did until
+    fine-tuning teaches it to use hints."""
+    if netG.hint_in is None or "hint_in.weight" in state:
         return state
-    state[key] = torch.cat([w, w.new_zeros(w.shape[0], n_new, *w.shape[2:])], dim=1)
-    if prefix + "0._v" in state:  # v is flattened (in, kh, kw): zeros for the new input channels
-        v = state[prefix + "0._v"]
-        state[prefix + "0._v"] = torch.cat([v, v.new_zeros(n_new * w.shape[2] * w.shape[3])])
-    return state
+    return {**state, "hint_in.weight": torch.zeros_like(netG.hint_in.weight)}
 
 
 def build_discriminator(cfg):

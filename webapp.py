@@ -57,9 +57,10 @@ class Session:
     def photo(self):
         return self.photos[self.current] if self.photos else None
 
-    def output_path(self, i):
+    def output_path(self, i, kind=""):
+        """Where photo i's PNG is written (kind "gray" and "marked": the page's other views of it)."""
         stem = os.path.splitext(self.photos[i]["name"])[0]
-        return os.path.join(self.folder, f"{i + 1:03d}_{stem}.png")
+        return os.path.join(self.folder, f"{i + 1:03d}{kind}_{stem}.png")
 
     def download(self):
         """One photo: its PNG; several: a zip of all."""
@@ -70,7 +71,7 @@ class Session:
         path = os.path.join(self.folder, "colorized.zip")
         with zipfile.ZipFile(path, "w") as z:
             for i, p in enumerate(self.photos):
-                z.write(self.output_path(i), os.path.basename(self.output_path(i))[4:])
+                z.write(self.output_path(i), os.path.basename(self.output_path(i)))
         return path
 
 
@@ -84,12 +85,12 @@ def build_app(colorizer):
         t = time.perf_counter()
         p["colour"] = colorizer.colorize(p["path"], render_size=int(render_size), saturation=float(saturation),
                                          hints=p["hints"] or None)
-        p["colour"].save(session.output_path(i))
+        save_fast(p["colour"], session.output_path(i))
         p["seconds"] = time.perf_counter() - t
 
     def view(session, message=""):
         """Everything the page shows for the current photo."""
-        p = session.photo()
+        p = session.photo() if session else None
         if p is None:
             return (session, gr.update(choices=[], value=None), None, None, None, gr.update(choices=[], value=[]),
                     None, message)
@@ -99,8 +100,12 @@ def build_app(colorizer):
         with open(hints_file, "w") as f:
             f.write(hints_json(p["hints"]))
         timing = f"{p['name']}: {p['colour'].width}x{p['colour'].height}, colorized in {p['seconds']:.2f} s"
+        colour = session.output_path(session.current)
+        shown = colour
+        if p["hints"]:
+            shown = save_fast(with_markers(p["colour"], p["hints"]), session.output_path(session.current, "marked"))
         return (session, gr.update(choices=names, value=names[session.current]),
-                with_markers(p["colour"], p["hints"]), (p["gray"], p["colour"]), session.download(),
+                shown, (p["gray"], colour), session.download(),
                 gr.update(choices=hints, value=[]), hints_file, "\n\n".join(filter(None, [message, timing])))
 
     def add_photos(session, files, render_size, saturation):
@@ -112,10 +117,11 @@ def build_app(colorizer):
                 continue
             name = os.path.basename(path)
             try:
-                entry = {"name": name, "path": path, "gray": gray_of(path, colorizer.max_pixels), "hints": []}
-                session.photos.append(entry)
-                render(session, len(session.photos) - 1, render_size, saturation)
-                session.current = len(session.photos) - 1
+                session.photos.append({"name": name, "path": path, "hints": []})
+                i = len(session.photos) - 1
+                session.photos[i]["gray"] = save_fast(gray_of(path, colorizer.max_pixels), session.output_path(i, "gray"))
+                render(session, i, render_size, saturation)
+                session.current = i
             except Exception as e:  # a bad file is a message, the page keeps working
                 if session.photos and session.photos[-1].get("path") == path:
                     session.photos.pop()
@@ -192,9 +198,9 @@ def build_app(colorizer):
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 which = gr.Dropdown([], label="Photo", elem_id="which")
-                result = gr.Image(label="Colorized: click to set a colour there", type="pil", format="png",
+                result = gr.Image(label="Colorized: click to set a colour there", type="filepath",
                                   interactive=False, elem_id="result", buttons=["fullscreen"])
-                compare = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="compare")
+                compare = gr.ImageSlider(label="Before / after", type="filepath", elem_id="compare")
                 download = gr.File(label="Download", elem_id="download")
         outputs = [session, which, result, compare, download, hint_list, save_hints, status]
         settings = [render_size, saturation]
@@ -208,6 +214,13 @@ def build_app(colorizer):
         clear_btn.click(clear, [session] + settings, outputs)
         load_btn.upload(load_hints, [session, load_btn] + settings, outputs)
     return app
+
+
+def save_fast(img, path):
+    """Write a PNG with light compression (a 1024 px photo in a tenth of the default's time) and
+    return its path: the page shows these files as they are, never re-encoded."""
+    img.save(path, format="PNG", compress_level=1)
+    return path
 
 
 def normal_colour(colour):

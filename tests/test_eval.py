@@ -101,7 +101,7 @@ class Echo:
     """A stand-in colorizer that returns the gray image it is given."""
     max_pixels = 10 ** 8
 
-    def colorize(self, gray):
+    def colorize(self, gray, hints=None):
         return Image.fromarray(np.round(gray * 255).astype(np.uint8))
 
 

@@ -14,7 +14,7 @@ from conftest import make_photos, photo, run_cli, tiny_checkpoint, tiny_cfg, tra
 from data import AB_SCALE, rgb_to_lab
 from hints import (HintError, check_hints, hint_planes, hints_json, parse_color, read_hints, sidecar_path,
                    simulate_hints)
-from models import add_hint_input, build_generator
+from models import build_generator, with_hint_input
 
 
 def ab_of(hex_colour):
@@ -79,7 +79,7 @@ def test_zero_hints_give_exactly_the_automatic_output(tmp_path):
     auto = tiny_checkpoint(tmp_path / "auto.pt")
     cfg = load_checkpoint(auto)["cfg"]
     netG = build_generator({**cfg, "HINT_INPUT": True})
-    netG.load_state_dict(add_hint_input(load_checkpoint(auto)["netG_ema"], netG))
+    netG.load_state_dict(with_hint_input(load_checkpoint(auto)["netG_ema"], netG))
     save_checkpoint({"format_version": FORMAT_VERSION, "cfg": {**cfg, "HINT_INPUT": True}, "step": 0,
                      "netG_ema": netG.state_dict()}, str(tmp_path / "hint.pt"))
     img = photo(70, 50, 3)
@@ -100,16 +100,14 @@ def test_init_adds_zero_hint_inputs_to_an_automatic_model_and_training_uses_them
     os.makedirs(cfg["RUN_DIR"])
     cfg, state = cb.start_state(cfg, os.path.join(cfg["RUN_DIR"], "checkpoint.pt"), False, 0,
                                 torch.device("cpu"), lambda m: None)
-    assert state.netG.hint_channels == 3
-    first = state.netG.down[0][0].parametrizations.weight.original
-    assert (first[:, 1:] == 0).all() and (first[:, :1] != 0).any()
+    assert state.netG.hint_channels == 3 and (state.netG.hint_in.weight == 0).all()
+    assert state.optG.param_groups[1]["lr"] == cfg["LR_G"] * cfg["HINT_LR_MULT"]  # the new branch learns faster
     p = run_cli(*train_args(data, tmp_path / "run", 3, "--init", auto, "--hint-input", "true", "--hint-share", "1"))
     assert p.returncode == 0, p.stderr
     assert "with new zero-weight hint inputs" in p.stdout
     tuned = load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))
     assert tuned["cfg"]["HINT_INPUT"] is True
-    w = tuned["netG"]["down.0.0.parametrizations.weight.original"]
-    assert w[:, 1:].abs().sum() > 0  # the hint inputs learned something
+    assert tuned["netG"]["hint_in.weight"].abs().sum() > 0  # the hint branch learned something
 
 
 def test_hints_file_and_sidecars_through_infer(tmp_path):
