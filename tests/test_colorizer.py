@@ -89,3 +89,17 @@ def test_readme_python_one_liner_works_from_the_repo_root():
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(Image.open(EXAMPLE).size)
+
+
+def test_saturation_scales_the_predicted_colour_in_lab(bundled):
+    from data import rgb_to_lab
+
+    def ab(img):
+        rgb = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        return rgb_to_lab(rgb)[0, 1:]
+    base, double, none = (ab(bundled.colorize(EXAMPLE, saturation=s)) for s in (1.0, 2.0, 0.0))
+    assert none.abs().max() < 1.5                                      # 0: the gray photo (up to 8-bit rounding)
+    assert double.norm(dim=0).mean() > 1.6 * base.norm(dim=0).mean()   # 2: about twice the chroma, less where clipped
+    for bad in (-0.5, float("nan"), "more"):
+        with pytest.raises(ValueError, match="saturation must be"):
+            bundled.colorize(EXAMPLE, saturation=bad)
