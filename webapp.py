@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from checkpoint import UserError  # noqa: E402
 from colorizer import failure_reason  # noqa: E402
-from data import BadImageError, lab_to_rgb, open_image, rgb_to_lab  # noqa: E402
+from data import BadImageError, load_image  # noqa: E402
+from evaluate import gray_version  # noqa: E402
 from hints import HintError, hints_json, read_hints  # noqa: E402
 
 PRESETS = {  # name: colour of a hint; only hue and saturation count, the photo keeps its lightness
@@ -26,14 +27,10 @@ RENDER_SIZES = (256, 1024)  # the quality / speed knob: the longer side the netw
 
 
 def gray_of(path, max_pixels):
-    """The photo as the network sees it: its own lightness, no colour (Lab a = b = 0), as RGB."""
+    """The photo as the network sees it: its own lightness, no colour, as an 8-bit RGB image (the
+    gray baseline of --eval, read as --infer reads: 16-bit, palette, CMYK and EXIF handled)."""
     import numpy as np
-    import torch
-    rgb = np.asarray(open_image(path, max_pixels).convert("RGB"), dtype=np.float32) / 255
-    lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])
-    lab[:, 1:] = 0
-    gray = (lab_to_rgb(lab)[0].mean(0) * 255).round().to(torch.uint8).numpy()
-    return Image.fromarray(gray).convert("RGB")
+    return Image.fromarray(np.round(gray_version(load_image(path, max_pixels)[0]) * 255).astype(np.uint8))
 
 
 def with_markers(img, hints):
