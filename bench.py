@@ -277,6 +277,10 @@ def max_batch_cuda(cfg, size, budget_bytes, device_name, limit=4096):
             return bench_train(cfg, size, b, 1, 1, device_name)["peak_memory_bytes"] <= budget_bytes
         except torch.cuda.OutOfMemoryError:
             return False
+        except RuntimeError as e:  # a kernel's 2**31-element limit (upsample at 128 px, batch 2048, on an H200)
+            if "INT_MAX" not in str(e):
+                raise
+            return False
         finally:
             torch.cuda.empty_cache()
 

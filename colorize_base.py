@@ -660,6 +660,7 @@ def _train(cfg, fresh, rank, world, device):
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     log = tqdm.write if master else (lambda msg: None)
     torch.manual_seed(cfg["SEED"] + rank)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # one crop size: let cuDNN time its kernels once
 
     dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
     cfg, state = start_state(cfg, ckpt_path, fresh, rank, device, log)
