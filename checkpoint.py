@@ -142,12 +142,16 @@ def load_generator(path, device, defaults=None):
     return netG.to(device).eval().requires_grad_(False), cfg
 
 
-def export(weights, out):
-    """Keep only the EMA generator and the constants, in float16: the file we ship. Returns its step."""
+def export(weights, out, about=None):
+    """Keep only the EMA generator and the constants, in float16: the file we ship. about: a note on
+    what the model was trained on (None keeps the one WEIGHTS has, if any). Returns its step."""
     ckpt = load_checkpoint(weights)
     check_finite(ckpt["netG_ema"], weights, "generator")
     small = {"format_version": FORMAT_VERSION, "cfg": ckpt["cfg"], "step": ckpt.get("step", 0),
              "netG_ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}}
+    about = ckpt.get("about") if about is None else about
+    if about:
+        small["about"] = about
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     except OSError as e:

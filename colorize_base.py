@@ -43,7 +43,7 @@ from models import memory_format
 DATA_DIR = "../shared/datasets/bsds500/train,../shared/datasets/bsds500/val"  # comma-separated folders, files or globs of colour photos
 VAL_DIR = "../shared/datasets/bsds500/test"  # held-out photos for the sample grids; "" holds out NUM_SAMPLES from DATA_DIR
 RUN_DIR = "runs/default"            # checkpoint.pt, log.csv and samples/ of a training run
-WEIGHTS = "weights/colorizer_bsds500.pt"  # generator used by --infer: an exported model or a run's checkpoint.pt
+WEIGHTS = "weights/colorizer.pt"    # generator used by --infer: an exported model or a run's checkpoint.pt
 INIT = ""                           # --train from scratch (""), or fine-tune: G and its EMA start from this model or checkpoint
 OUT_DIR = "results/colorized"       # where --infer writes <stem>.png
 EVAL_DIR = "results/eval"           # where --eval writes metrics.csv, summary.json and sheet.png (--out overrides)
@@ -82,6 +82,7 @@ LOG_EVERY = 25                      # CSV log interval, generator steps
 NUM_SAMPLES = 8                     # held-out images in each sample grid
 MAX_BAD_STEPS = 20                  # stop after this many consecutive steps with a non-finite loss or gradient
 RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
+SATURATION = 1.45                   # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
 MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
 NUM_WORKERS = 2                     # data-loading processes; 0 loads in the main process
@@ -139,6 +140,7 @@ def build_parser():
     p.add_argument("--hints", metavar="FILE|N", help="with --infer: a JSON file of colour hints for the one photo "
                                                      "(see the README); with --eval: reveal N true colours per photo "
                                                      "as hints. Needs a model trained with HINT_INPUT")
+    p.add_argument("--about", metavar="TEXT", help="with --export: what the model was trained on, stored in the file")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     for name, default in CONSTANTS.items():
         flags = ["--" + name.lower().replace("_", "-")] + ALIASES.get(name, [])
@@ -190,7 +192,7 @@ def check_config(cfg):
     for name in ("IMAGE_SIZE", "BATCH_SIZE", "EPOCHS", "NGF", "NDF", "NUM_D", "N_LAYERS_D", "RENDER_SIZE",
                  "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS", "MAX_BAD_STEPS", "NUM_SAMPLES"):
         need(cfg[name] > 0, name, "positive")
-    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE", "THREADS"):
+    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE", "THREADS", "SATURATION"):
         need(cfg[name] >= 0, name, "0 or more")
     for name in ("LR_G", "LR_D"):
         need(cfg[name] > 0, name, "a positive learning rate")
@@ -776,10 +778,10 @@ def main(argv=None):
             train(cfg, fresh=args.fresh)
             return 0
         if args.export:
-            step = export(cfg["WEIGHTS"], os.path.abspath(args.export))
+            step = export(cfg["WEIGHTS"], os.path.abspath(args.export), args.about)
             print(f"wrote {os.path.abspath(args.export)} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
             return 0
-        colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"])
+        colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"], cfg["SATURATION"])
         if args.serve:
             from webapp import serve  # Gradio is an optional dependency
             serve(colorizer, args.host, args.port)

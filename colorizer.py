@@ -44,19 +44,20 @@ class Colorizer:
     """A generator ready for inference: the EMA weights of a checkpoint or exported model, in eval
     mode on one device. Colorization is deterministic (no dropout, no sampling)."""
 
-    def __init__(self, netG, cfg, device, render_size=256, max_pixels=100_000_000, weights=None):
+    def __init__(self, netG, cfg, device, render_size=256, max_pixels=100_000_000, weights=None, saturation=1.0):
         self.netG, self.cfg, self.device, self.weights = netG, cfg, device, weights
-        self.render_size, self.max_pixels = render_size, max_pixels
+        self.render_size, self.max_pixels, self.saturation = render_size, max_pixels, saturation
 
     @classmethod
-    def load(cls, weights=None, device="auto", render_size=None, max_pixels=None):
-        """Load a checkpoint or exported model (None: the bundled model). render_size and max_pixels
-        default to RENDER_SIZE and MAX_PIXELS of colorize_base.py."""
+    def load(cls, weights=None, device="auto", render_size=None, max_pixels=None, saturation=None):
+        """Load a checkpoint or exported model (None: the bundled model). render_size, max_pixels and
+        saturation default to RENDER_SIZE, MAX_PIXELS and SATURATION of colorize_base.py."""
         import colorize_base as cb  # the constants block; imported here, as colorize_base imports us
         weights = cb.resolve_path(cb.WEIGHTS) if weights is None else os.fspath(weights)
         device = pick_device(device) if isinstance(device, str) else torch.device(device)
         netG, cfg = load_generator(weights, device, defaults=cb.CONSTANTS)
-        return cls(netG, cfg, device, render_size or cb.RENDER_SIZE, max_pixels or cb.MAX_PIXELS, weights)
+        return cls(netG, cfg, device, render_size or cb.RENDER_SIZE, max_pixels or cb.MAX_PIXELS, weights,
+                   cb.SATURATION if saturation is None else saturation)
 
     @property
     def takes_hints(self):
@@ -64,19 +65,20 @@ class Colorizer:
         return bool(self.netG.hint_channels)
 
     @torch.inference_mode()
-    def colorize(self, image, render_size=None, hints=None, saturation=1.0):
+    def colorize(self, image, render_size=None, hints=None, saturation=None):
         """Colorize one photo; returns a PIL image of the same size, RGB, or RGBA when the input has alpha.
 
         image: a file path, a PIL image, or an (H, W) / (H, W, 3) uint8 or float array (floats in [0, 1]).
         hints: colour hints [(x, y, "#rrggbb"), ...] in the image's own pixels (see hints.py); needs
         a model trained with HINT_INPUT. None or [] is the automatic result.
         saturation: the predicted ab is multiplied by it (in Lab, after the network): 1 as predicted,
-        0 gray, above 1 more colourful.
+        0 gray, above 1 more colourful; None: the Colorizer's (SATURATION).
         Colour in the input is discarded. The network sees the luminance resized so that its longer
         side is render_size (never enlarged); the predicted ab is upsampled to the original size and
         joined with the original full-resolution L, in bands, so memory stays bounded on huge photos.
         """
         render_size = self.render_size if render_size is None else render_size
+        saturation = self.saturation if saturation is None else saturation
         if not (isinstance(render_size, int) and render_size > 0):
             raise ValueError(f"render_size must be a positive whole number of pixels, got {render_size!r}")
         if not (isinstance(saturation, (int, float)) and 0 <= saturation < float("inf")):
@@ -95,7 +97,10 @@ class Colorizer:
             if not self.takes_hints:
                 raise HintError("this model takes no colour hints (it was trained without HINT_INPUT; "
                                 "fine-tune it with --hint-input true, see the README)")
-            planes = self.netG.pad(hint_planes(hints, W, H, w, h).to(self.device), mode="constant")
+            planes = hint_planes(hints, W, H, w, h)
+            if saturation > 0:  # in the network's own (muted) scale, so that step 2's gain gives the hinted colour back
+                planes[:, :2] /= saturation
+            planes = self.netG.pad(planes.to(self.device), mode="constant")
 
         # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
         #    each band is averaged across the width here, the rows below, so full-size L is never held

@@ -181,7 +181,7 @@ def build_app(colorizer):
                 render_size = gr.Slider(*RENDER_SIZES, value=max(RENDER_SIZES[0], min(colorizer.render_size,
                                         RENDER_SIZES[1])), step=64, label="Render size (higher: finer colour, slower)",
                                         elem_id="render-size")
-                saturation = gr.Slider(0, 2, value=1.0, step=0.05, label="Saturation (1 = as predicted)",
+                saturation = gr.Slider(0, 2, value=colorizer.saturation, step=0.05, label="Saturation (1 = as predicted)",
                                        elem_id="saturation")
                 colour = gr.ColorPicker(value=PRESETS["brick red"], label="Hint colour", elem_id="colour")
                 preset = gr.Radio(list(PRESETS), label="Presets", elem_id="presets")

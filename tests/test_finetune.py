@@ -39,7 +39,7 @@ def test_init_starts_g_and_ema_from_the_model_and_d_from_scratch(tmp_path):
 def test_fine_tuning_the_shipped_model_on_20_photos_for_100_steps(tmp_path):
     """The README's fine-tuning recipe, shrunk to CPU-test size: the bundled model, 20 photos, 100 steps."""
     data = make_photos(tmp_path / "data", n=20, size=(72, 64))
-    p = run_cli("--train", "--init", os.path.join(REPO, "weights", "colorizer_bsds500.pt"), "--data", data,
+    p = run_cli("--train", "--init", os.path.join(REPO, "weights", "colorizer.pt"), "--data", data,
                 "--run-dir", tmp_path / "run", "--steps", 100, "--size", 64, "--batch-size", 2, "--num-workers", 0,
                 "--val-dir", "", "--num-samples", 2, "--ndf", 8, "--num-d", 2, "--device", "cpu", timeout=600)
     assert p.returncode == 0, p.stderr

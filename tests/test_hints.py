@@ -92,6 +92,20 @@ def test_zero_hints_give_exactly_the_automatic_output(tmp_path):
         Colorizer.load(auto, "cpu").colorize(img, hints=[(1, 1, "#ff0000")])
 
 
+def test_hints_reach_the_network_in_its_own_scale_so_the_saturation_gain_gives_them_back(tmp_path):
+    cfg = {**load_checkpoint(tiny_checkpoint(tmp_path / "auto.pt"))["cfg"], "HINT_INPUT": True}
+    netG = build_generator(cfg).eval()
+    seen = []
+    netG.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    colorizer = Colorizer(netG, cfg, torch.device("cpu"), render_size=64)
+    hints = [(30, 20, "#c02020")]
+    for saturation in (1.0, 1.45):
+        colorizer.colorize(photo(70, 50, 3), hints=hints, saturation=saturation)
+    plain, scaled = seen
+    assert torch.allclose(scaled[:, :2] * 1.45, plain[:, :2], atol=1e-6)  # the colour, divided by the gain
+    assert torch.equal(scaled[:, 2], plain[:, 2]) and plain[:, 2].sum() > 0  # the mask unchanged
+
+
 def test_init_adds_zero_hint_inputs_to_an_automatic_model_and_training_uses_them(tmp_path):
     data = make_photos(tmp_path / "data")
     auto = tiny_checkpoint(tmp_path / "auto.pt")

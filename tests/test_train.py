@@ -140,6 +140,10 @@ def test_export_keeps_only_the_ema_generator_in_float16(tmp_path):
     a = np.asarray(Colorizer(full, cfg, torch.device("cpu"), 64).colorize(rgb), dtype=np.float32) / 255
     b = np.asarray(Colorizer(half, cfg, torch.device("cpu"), 64).colorize(rgb), dtype=np.float32) / 255
     assert np.abs(a - b).max() < 2.5 / 255  # float16 storage changes the colours by less than two 8-bit steps
+    noted, again = tmp_path / "weights" / "noted.pt", tmp_path / "weights" / "again.pt"
+    assert cb.main(["--export", str(noted), "--weights", ckpt_path, "--about", "trained on p0..p3"]) == 0
+    assert cb.main(["--export", str(again), "--weights", str(noted)]) == 0  # re-exporting keeps the note
+    assert load_checkpoint(str(again))["about"] == "trained on p0..p3"
 
 
 def test_export_and_inference_take_the_ema_generator_not_the_trained_one(tmp_path):
@@ -177,7 +181,7 @@ def test_paths_on_the_command_line_are_relative_to_the_current_folder_and_consta
     assert typed["VGG_WEIGHTS"] == "/abs/v.pth"
     defaults = cb.make_config(parse(["--infer", "x.jpg"]))  # the constants block: beside colorize_base.py
     shared = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "bsds500"))
-    assert defaults["WEIGHTS"] == os.path.join(REPO, "weights", "colorizer_bsds500.pt")
+    assert defaults["WEIGHTS"] == os.path.join(REPO, "weights", "colorizer.pt")
     assert defaults["RUN_DIR"] == os.path.join(REPO, "runs", "default")
     assert defaults["DATA_DIR"] == f"{os.path.join(shared, 'train')},{os.path.join(shared, 'val')}"
     assert defaults["VAL_DIR"] == os.path.join(shared, "test")
