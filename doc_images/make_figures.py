@@ -1,6 +1,6 @@
 """The README's figures, from the models themselves.
 
-    python doc_images/make_figures.py oldphotos --before weights/colorizer_bsds500.pt --after NEW.pt
+    python doc_images/make_figures.py oldphotos --before weights/colorizer_bsds500.pt --after weights/colorizer.pt
     python doc_images/make_figures.py hints PHOTO HINTS.json --weights HINT_MODEL.pt --out doc_images/hints.jpg
 """
 import argparse
@@ -48,6 +48,8 @@ def main():
     old.add_argument("--names", default="", help="comma-separated file names (default: every 3rd photo)")
     old.add_argument("--before", required=True)
     old.add_argument("--after", required=True)
+    old.add_argument("--before-saturation", type=float, default=1.0,
+                     help="SATURATION for --before (1.0: as the previous bundled model shipped)")
     old.add_argument("--out", default=os.path.join(HERE, "oldphotos_before_after.jpg"))
     hint = sub.add_parser("hints", help="gray | automatic | with hints, for one photo")
     hint.add_argument("photo")
@@ -62,7 +64,7 @@ def main():
             files = [f for f in files if os.path.basename(f) in args.names.split(",")]
         else:
             files = files[::3]
-        models = [Colorizer.load(w) for w in (args.before, args.after)]
+        models = [Colorizer.load(args.before, saturation=args.before_saturation), Colorizer.load(args.after)]
         rows = [row_of([Image.open(f)] + [m.colorize(f) for m in models],
                        ["input", f"before: {os.path.basename(args.before)}", f"after: {os.path.basename(args.after)}"],
                        260) for f in files]
