@@ -50,6 +50,7 @@ class Session:
 
     def __init__(self, root):
         self.photos, self.current, self.folder = [], 0, tempfile.mkdtemp(dir=root)
+        self.zipped = None  # the PNGs (path, mtime) that colorized.zip holds
 
     def photo(self):
         return self.photos[self.current] if self.photos else None
@@ -66,9 +67,12 @@ class Session:
         if len(self.photos) == 1:
             return self.output_path(0)
         path = os.path.join(self.folder, "colorized.zip")
-        with zipfile.ZipFile(path, "w") as z:
-            for i, p in enumerate(self.photos):
-                z.write(self.output_path(i), os.path.basename(self.output_path(i)))
+        pngs = [(self.output_path(i), os.stat(self.output_path(i)).st_mtime_ns) for i in range(len(self.photos))]
+        if pngs != self.zipped:  # rebuilt only when a photo was added or re-rendered, not on every view
+            with zipfile.ZipFile(path, "w") as z:
+                for png, _ in pngs:
+                    z.write(png, os.path.basename(png))
+            self.zipped = pngs
         return path
 
 

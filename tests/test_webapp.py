@@ -183,3 +183,23 @@ def test_serve_without_gradio_says_what_to_install(monkeypatch, weights):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
     with pytest.raises(UserError, match="pip install -r requirements-ui.txt"):
         webapp.serve(Colorizer.load(weights, "cpu"))
+
+
+def test_download_zip_is_rebuilt_only_when_a_photo_changes(tmp_path):
+    import zipfile
+
+    from webapp import Session
+    session = Session(str(tmp_path))
+    session.photos = [{"name": "a.jpg"}, {"name": "b.jpg"}]
+    for i in range(2):
+        Image.fromarray(photo(8, 8, seed=i)).save(session.output_path(i))
+    path = session.download()
+    built = os.stat(path).st_mtime_ns
+    os.utime(path, ns=(built - 10**9, built - 10**9))  # marks this build: a rebuild would replace the time
+    assert session.download() == path and os.stat(path).st_mtime_ns == built - 10**9  # a view: no rebuild
+    Image.fromarray(photo(8, 8, seed=7)).save(session.output_path(1))  # b re-rendered
+    os.utime(session.output_path(1), ns=(built + 10**9, built + 10**9))
+    session.download()
+    with zipfile.ZipFile(path) as z:
+        assert z.namelist() == ["001_a.png", "002_b.png"]
+        assert z.read("002_b.png") == open(session.output_path(1), "rb").read()
