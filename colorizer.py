@@ -115,7 +115,8 @@ class Colorizer:
         small = F.adaptive_avg_pool2d(L_w, (h, w)).clamp(-1, 1).to(self.device)
 
         # 2. the network, on the luminance padded to its multiple
-        fake_B = self.netG(self.netG.pad(small), planes)[..., :h, :w].float().cpu()
+        L_in = self.netG.pad(small)  # hints are passed only when given: a generator without them takes L alone
+        fake_B = (self.netG(L_in) if planes is None else self.netG(L_in, planes))[..., :h, :w].float().cpu()
         if saturation != 1:
             fake_B = fake_B * saturation  # clamped to the ab range when converted back
 
