@@ -19,7 +19,7 @@ from data import IMG_EXTENSIONS, BadImageError, find_images, is_grayscale, lab_t
 from hints import POINT_SIDE, hex_color, square
 from metrics import colorfulness, colorfulness_gap, image_metrics
 
-METRICS = ("psnr", "ssim", "ciede2000", "colorfulness")
+METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_colour")
 
 
 def to_8bit(rgb):
@@ -64,13 +64,21 @@ def comparison_sheet(panels, height=256):
     return sheet
 
 
+def nanmean(values):
+    """Mean of the values that are not NaN (SSIM of a tiny image, false colour of a photo without
+    white things); None when there are none."""
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
 def summarize(rows):
     """Means over the colour images of each metric, for ours and the gray baseline, and the
     colourfulness of each against the ground truth's (ratio and absolute difference of the means)."""
     ok = [r for r in rows if r["status"] == "ok"]
-    summary = {"truth": {"colorfulness": float(np.mean([r["colorfulness_truth"] for r in ok]))}}
+    summary = {"truth": {"colorfulness": float(np.mean([r["colorfulness_truth"] for r in ok])),
+                         "images_with_white": sum(not np.isnan(r["false_colour"]) for r in ok)}}
     for method, suffix in (("ours", ""), ("gray", "_gray")):
-        means = {m: float(np.nanmean([r[m + suffix] for r in ok])) for m in METRICS}  # NaN: SSIM of a tiny image
+        means = {m: nanmean([r[m + suffix] for r in ok]) for m in METRICS}
         ratio, diff = colorfulness_gap([r["colorfulness" + suffix] for r in ok], [r["colorfulness_truth"] for r in ok])
         summary[method] = {**means, "colorfulness_ratio": ratio, "colorfulness_abs_diff": diff}
     return summary
@@ -82,8 +90,10 @@ def format_table(summary):
                             ("ciede2000", "CIEDE2000 (lower is better)", ".2f"),
                             ("colorfulness", f"colourfulness (truth {summary['truth']['colorfulness']:.2f})", ".2f"),
                             ("colorfulness_ratio", "colourfulness / truth's (1 is best)", ".3f"),
-                            ("colorfulness_abs_diff", "|colourfulness - truth's| (lower)", ".2f")):
-        lines.append(f"{label:38s}{summary['gray'][key]:>10{fmt}}{summary['ours'][key]:>10{fmt}}")
+                            ("colorfulness_abs_diff", "|colourfulness - truth's| (lower)", ".2f"),
+                            ("false_colour", "% of white/gray coloured (lower)", ".2f")):
+        cells = ["-" if summary[m][key] is None else format(summary[m][key], fmt) for m in ("gray", "ours")]
+        lines.append(f"{label:38s}{cells[0]:>10s}{cells[1]:>10s}")
     return "\n".join(lines)
 
 

@@ -2,12 +2,15 @@
 
 PSNR and SSIM measure fidelity to the original photo, CIEDE2000 the perceived colour
 difference, and colourfulness how vivid an image is. Fidelity metrics alone reward a
-gray output, so evaluations report them beside a gray baseline and the colourfulness.
+gray output, so evaluations report them beside a gray baseline and the colourfulness; false
+colour counts what a mean hides, colour painted on white and gray things.
 """
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+NEUTRAL_CHROMA = 8.0  # Lab chroma below which a pixel of the truth counts as white or gray
+FALSE_CHROMA = 20.0  # Lab chroma above which a prediction is clearly coloured (a pale pastel is about 20)
 PSNR_CAP = 100.0  # dB; PSNR of identical images (infinite by definition), so averages stay finite
 
 
@@ -75,7 +78,23 @@ def colorfulness_gap(cf_pred, cf_truth):
     return pred / truth, abs(pred - truth)
 
 
+def false_colour(pred, truth, neutral=NEUTRAL_CHROMA, coloured=FALSE_CHROMA, min_share=0.01):
+    """Per cent of the truth's light neutral pixels (white and light gray: L* >= 50, chroma below
+    neutral) to which the prediction gives a clearly visible colour (chroma above coloured).
+
+    It counts the blotches of colour a colorizer paints on white objects, which a mean over all
+    pixels hides; 0 for the gray image. NaN (left out of means) when under min_share of the
+    pixels are light neutral, so a photo without white things does not count as a success.
+    """
+    _check_pair(pred, truth)
+    lab_t, lab_p = rgb2lab(np.asarray(truth, np.float64)), rgb2lab(np.asarray(pred, np.float64))
+    mask = (lab_t[..., 0] >= 50) & (np.hypot(lab_t[..., 1], lab_t[..., 2]) < neutral)
+    if mask.mean() < min_share:
+        return float("nan")
+    return float(100 * (np.hypot(lab_p[..., 1], lab_p[..., 2])[mask] > coloured).mean())
+
+
 def image_metrics(pred, truth):
     """All per-image metrics of a prediction against its ground truth, as a dict."""
     return {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth), "ciede2000": ciede2000(pred, truth),
-            "colorfulness": colorfulness(pred)}
+            "colorfulness": colorfulness(pred), "false_colour": false_colour(pred, truth)}

@@ -67,3 +67,17 @@ def test_colorfulness_gap():
 def test_shape_mismatch_names_the_shapes():
     with pytest.raises(ValueError, match=r"\(4, 4, 3\)"):
         metrics.psnr(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
+
+
+def test_false_colour_counts_colour_painted_on_white_and_gray_only():
+    truth = np.full((10, 20, 3), 0.9)  # left half white, right half saturated red
+    truth[:, 10:] = (0.9, 0.1, 0.1)
+    assert metrics.false_colour(truth, truth) == 0
+    pink = truth.copy()
+    pink[:4, :10] = (1.0, 0.6, 0.7)  # 4 of the 10 white rows painted pink
+    assert metrics.false_colour(pink, truth) == pytest.approx(40)
+    recoloured = truth.copy()
+    recoloured[:, 10:] = (0.1, 0.1, 0.9)  # a wrong colour on a coloured thing is not false colour
+    assert metrics.false_colour(recoloured, truth) == 0
+    dark = np.full((10, 10, 3), 0.1)  # no light neutral pixels: undefined, not a success
+    assert np.isnan(metrics.false_colour(dark + (0.5, 0, 0), dark))
