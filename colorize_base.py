@@ -51,6 +51,7 @@ IMAGE_SIZE = 128                    # 128 or 256; training crop, pixels (a multi
 BATCH_SIZE = 16                     # images per step
 EPOCHS = 200                        # passes over the training set (an epoch: as many draws as photos)
 SOURCE_BALANCE = 0.0                # 0: every photo equally often; 1: every source folder (first level under a DATA_DIR entry) equally often
+MOSAIC = 0.0                        # share of training images made 2x2 mosaics of four half-size photos (subjects at scene scale)
 MAX_STEPS = 0                       # stop after this many generator steps; 0 = no limit
 LR_G = 1e-4                         # generator Adam learning rate (TTUR, SAGAN)
 LR_D = 4e-4                         # discriminator Adam learning rate (TTUR, SAGAN)
@@ -198,7 +199,7 @@ def check_config(cfg):
         need(cfg[name] > 0, name, "a positive learning rate")
     for name in ("BETA1", "BETA2", "EMA_DECAY", "DROPOUT"):
         need(0 <= cfg[name] < 1, name, "in [0, 1)")
-    for name in ("SOURCE_BALANCE", "HINT_SHARE", "HINT_COLOUR_BIAS"):
+    for name in ("SOURCE_BALANCE", "MOSAIC", "HINT_SHARE", "HINT_COLOUR_BIAS"):
         need(0 <= cfg[name] <= 1, name, "in [0, 1]")
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
@@ -354,7 +355,8 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
 
 def net_batch(batch_uint8, device, cfg):
     """A uint8 RGB batch from the loader -> (real_A, real_B) on device, in the networks' memory format."""
-    return tuple(t.contiguous(memory_format=memory_format(cfg)) for t in to_net_input(batch_uint8, device))
+    return tuple(t.contiguous(memory_format=memory_format(cfg))
+                 for t in to_net_input(batch_uint8, device, cfg["MOSAIC"]))
 
 
 def training_hints(real_B, cfg):

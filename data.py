@@ -299,7 +299,30 @@ class ColorizationDataset(Dataset):
         return self.transform(img)
 
 
-def to_net_input(batch_uint8, device):
-    """uint8 RGB batch (B, 3, H, W) -> (real_A, real_B) on device, in network scaling."""
+def mosaic(rgb, share, generator=None):
+    """Replace about share of a float RGB batch (B, 3, H, W) by 2x2 mosaics of four of its images,
+    each shrunk to half size (2x2 means): image i keeps the top-left tile, the others come from
+    images i+1, i+2, i+3 of the batch (cyclically). Small photos cropped to the training size show
+    one subject filling the frame; a mosaic shows subjects at half that scale, as a whole scene
+    rendered for inference does. H and W must be even."""
+    B, _, H, W = rgb.shape
+    pick = torch.rand(B, generator=generator) < share
+    if not pick.any():
+        return rgb
+    if H % 2 or W % 2:
+        raise ValueError(f"mosaic needs an even image size, got {H}x{W}")
+    small = torch.nn.functional.avg_pool2d(rgb, 2)
+    idx = pick.nonzero()[:, 0].to(rgb.device)
+    tiles = [small[(idx + k) % B] for k in range(4)]
+    out = rgb.clone()
+    out[idx] = torch.cat([torch.cat(tiles[:2], dim=3), torch.cat(tiles[2:], dim=3)], dim=2)
+    return out
+
+
+def to_net_input(batch_uint8, device, mosaic_share=0.0):
+    """uint8 RGB batch (B, 3, H, W) -> (real_A, real_B) on device, in network scaling; with
+    mosaic_share, that share of the images become mosaics of four (see mosaic)."""
     rgb = batch_uint8.to(device, non_blocking=True).float() / 255
+    if mosaic_share:
+        rgb = mosaic(rgb, mosaic_share)
     return lab_to_net(rgb_to_lab(rgb))

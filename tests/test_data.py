@@ -6,8 +6,8 @@ from PIL import Image
 from skimage import color
 
 from conftest import write_png16
-from data import (ColorizationDataset, find_images, lab_to_net, lab_to_rgb, load_image, net_to_lab, rgb_to_lab,
-                  scan_images)
+from data import (ColorizationDataset, find_images, lab_to_net, lab_to_rgb, load_image, mosaic, net_to_lab,
+                  rgb_to_lab, scan_images)
 
 
 def test_rgb_to_lab_matches_skimage():
@@ -92,3 +92,25 @@ def test_16_bit_values_are_read_at_16_bit_scale(tmp_path):
     write_png16(str(tmp_path / "rgb16.png"), np.array([[[13107, 32768, 52428]]], dtype=np.uint16))
     rgb, _ = load_image(str(tmp_path / "rgb16.png"))
     assert np.abs(rgb[0, 0] - [0.2, 0.5, 0.8]).max() < 1 / 255  # Pillow keeps 8 of the 16 bits of RGB
+
+
+def test_mosaic_tiles_four_half_size_images_of_the_batch():
+    batch = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1).expand(5, 3, 8, 6) / 10  # image i is flat i/10
+    assert mosaic(batch, 0.0) is batch
+    out = mosaic(batch, 1.0)
+    assert out.shape == batch.shape and torch.equal(batch[0], torch.full((3, 8, 6), 0.0))  # input untouched
+    for i in range(5):  # top-left: itself; then the next three images of the batch, cyclically
+        quads = [out[i, :, :4, :3], out[i, :, :4, 3:], out[i, :, 4:, :3], out[i, :, 4:, 3:]]
+        assert [round(q.unique().item(), 4) for q in quads] == [((i + k) % 5) / 10 for k in range(4)]
+    g = torch.Generator().manual_seed(0)
+    some = mosaic(torch.rand(400, 3, 4, 4), 0.25, g)
+    assert some.shape == (400, 3, 4, 4)
+    with pytest.raises(ValueError, match="even"):
+        mosaic(torch.rand(2, 3, 5, 4), 1.0)
+
+
+def test_mosaic_shrinks_by_averaging():
+    stripes = torch.zeros(1, 3, 8, 8)
+    stripes[..., ::2] = 1.0  # one-pixel stripes average to mid-gray at half size, not to aliased black or white
+    out = mosaic(stripes, 1.0)
+    assert torch.allclose(out, torch.full_like(out, 0.5), atol=1e-6)
