@@ -1,0 +1,78 @@
+"""Average the generators of several fine-tunes of one model into one ("model soup", Wortsman et
+al. 2022): fine-tunes that start from the same weights stay in one basin of the loss, and their
+average is often better than each of them, at no cost at inference.
+
+    python soup.py weights/soup.pt runs/a/checkpoint.pt runs/b/checkpoint.pt --about "what it saw"
+    python colorize_base.py --eval ../shared/datasets/photos/val --weights weights/soup.pt
+
+Ingredients are exported models or checkpoints (their EMA generators) with the same network
+constants. Weights and batch-norm statistics are averaged; spectral norm's power-iteration vectors
+are then recomputed for the averaged weights (averaged vectors would give a wrong norm). The result
+is written like --export: float16, with the constants of the first ingredient.
+"""
+import argparse
+import sys
+
+import torch
+
+import colorize_base as cb
+from checkpoint import FORMAT_VERSION, UserError, check_finite, load_checkpoint, load_generator, save_checkpoint
+
+POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
+
+
+def soup_state(paths):
+    """The averaged EMA generator of the checkpoints at paths: (netG in eval mode, cfg, ckpts)."""
+    if len(paths) < 2:
+        raise UserError("a soup needs at least two models")
+    ckpts = [load_checkpoint(p) for p in paths]
+    arch = cb.G_ARCH_KEYS + ("HINT_INPUT",)
+    first = {k: ckpts[0]["cfg"].get(k, cb.CONSTANTS[k]) for k in arch}
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        for k in arch:
+            if ckpt["cfg"].get(k, cb.CONSTANTS[k]) != first[k]:
+                raise UserError(f"{path}: {k} is {ckpt['cfg'].get(k, cb.CONSTANTS[k])!r}, but {paths[0]} has "
+                                f"{first[k]!r}; only models with the same network can be averaged")
+    for path, ckpt in zip(paths, ckpts):
+        check_finite(ckpt["netG_ema"], path, "generator")
+    netG, cfg = load_generator(paths[0], torch.device("cpu"), defaults=cb.CONSTANTS)
+    mean = {}
+    for k, v in netG.state_dict().items():
+        if v.is_floating_point():
+            mean[k] = sum(c["netG_ema"][k].float() for c in ckpts) / len(ckpts)
+        else:  # e.g. batch norm's counter of batches seen
+            mean[k] = v
+    netG.load_state_dict(mean)
+    with torch.no_grad():
+        for module in netG.modules():
+            for sn in getattr(getattr(module, "parametrizations", None), "weight", []):
+                sn.train()  # spectral norm runs its power iteration only in training mode
+                for _ in range(POWER_ITERATIONS):
+                    sn(module.parametrizations.weight.original)
+                sn.eval()
+    return netG.eval(), cfg, ckpts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="the averaged model to write (float16, like --export)")
+    p.add_argument("models", nargs="+", help="exported models or checkpoints of the same network")
+    p.add_argument("--about", metavar="TEXT", help="what the ingredients were trained on, stored in the file")
+    args = p.parse_args(argv)
+    try:
+        netG, _, ckpts = soup_state(args.models)
+        about = args.about or " | ".join(c["about"] for c in ckpts if c.get("about")) or None
+        small = {"format_version": FORMAT_VERSION, "cfg": ckpts[0]["cfg"], "step": max(c.get("step", 0) for c in ckpts),
+                 "netG_ema": {k: v.half() if v.is_floating_point() else v for k, v in netG.state_dict().items()}}
+        if about:
+            small["about"] = about
+        save_checkpoint(small, args.out, "model")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: the average of {len(args.models)} generators")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
