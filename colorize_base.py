@@ -83,7 +83,7 @@ LOG_EVERY = 25                      # CSV log interval, generator steps
 NUM_SAMPLES = 8                     # held-out images in each sample grid
 MAX_BAD_STEPS = 20                  # stop after this many consecutive steps with a non-finite loss or gradient
 RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
-SATURATION = 1.45                   # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
+SATURATION = 1.55                   # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
 MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
 NUM_WORKERS = 2                     # data-loading processes; 0 loads in the main process
