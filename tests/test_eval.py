@@ -9,7 +9,7 @@ from PIL import Image
 
 import colorize_base as cb
 from conftest import make_photos, tiny_checkpoint
-from evaluate import METRICS, center_square, gray_version, score_file, to_8bit
+from evaluate import METRICS, center_square, gray_version, score_file, summarize, to_8bit
 
 
 def photos_and_gray(folder, n=3):
@@ -120,3 +120,26 @@ def test_eval_size_cuts_the_centre_square_not_a_corner(tmp_path):
     row, (gray, ours, truth) = score_file(Echo(), str(tmp_path / "wide.png"), 30)
     assert (row["width"], row["height"]) == (30, 30)
     assert np.array_equal(truth, to_8bit(wide[:, 30:60])) and np.array_equal(gray, gray_version(truth))
+
+
+class Blush:
+    """A stand-in colorizer that paints every photo a uniform pink over its gray."""
+    max_pixels = 10 ** 8
+
+    def colorize(self, gray, hints=None):
+        pink = gray * np.array([1.0, 0.7, 0.85])
+        return Image.fromarray(np.round(pink * 255).astype(np.uint8))
+
+
+def test_false_colour_is_scored_on_white_things_and_summarized_without_photos_lacking_them(tmp_path):
+    white_shirt = np.full((20, 20, 3), 0.92, np.float32)
+    white_shirt[:, :10] = (0.2, 0.3, 0.8)  # half blue, half white
+    red_car = np.zeros((20, 20, 3), np.float32)
+    red_car[...] = (0.8, 0.1, 0.1)  # no white at all
+    for name, rgb in (("shirt.png", white_shirt), ("car.png", red_car)):
+        Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(tmp_path / name)
+    rows = [score_file(Blush(), str(tmp_path / name), 0)[0] for name in ("shirt.png", "car.png")]
+    assert rows[0]["false_colour"] == 100 and rows[0]["false_colour_gray"] == 0  # all of the white turned pink
+    assert np.isnan(rows[1]["false_colour"])
+    summary = summarize(rows)
+    assert summary["ours"]["false_colour"] == 100 and summary["truth"]["images_with_white"] == 1
