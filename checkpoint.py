@@ -142,14 +142,11 @@ def load_generator(path, device, defaults=None):
     return netG.to(device).eval().requires_grad_(False), cfg
 
 
-def export(weights, out, about=None):
-    """Keep only the EMA generator and the constants, in float16: the file we ship. about: a note on
-    what the model was trained on (None keeps the one WEIGHTS has, if any). Returns its step."""
-    ckpt = load_checkpoint(weights)
-    check_finite(ckpt["netG_ema"], weights, "generator")
-    small = {"format_version": FORMAT_VERSION, "cfg": ckpt["cfg"], "step": ckpt.get("step", 0),
-             "netG_ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()}}
-    about = ckpt.get("about") if about is None else about
+def write_model(out, cfg, step, netG_state, about=None):
+    """Write the file we ship: the constants and a generator's weights in float16, and about, a
+    note on what the model was trained on."""
+    small = {"format_version": FORMAT_VERSION, "cfg": cfg, "step": step,
+             "netG_ema": {k: v.half() if v.is_floating_point() else v for k, v in netG_state.items()}}
     if about:
         small["about"] = about
     try:
@@ -157,7 +154,16 @@ def export(weights, out, about=None):
     except OSError as e:
         raise UserError(f"cannot create the folder of {out}: {describe_os_error(e)}") from None
     save_checkpoint(small, out, "model")
-    return small["step"]
+
+
+def export(weights, out, about=None):
+    """Keep only the EMA generator and the constants, in float16: the file we ship. about: a note on
+    what the model was trained on (None keeps the one WEIGHTS has, if any). Returns its step."""
+    ckpt = load_checkpoint(weights)
+    check_finite(ckpt["netG_ema"], weights, "generator")
+    step = ckpt.get("step", 0)
+    write_model(out, ckpt["cfg"], step, ckpt["netG_ema"], ckpt.get("about") if about is None else about)
+    return step
 
 
 # -----------------------------------------------------------------------------

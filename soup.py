@@ -16,7 +16,7 @@ import sys
 import torch
 
 import colorize_base as cb
-from checkpoint import FORMAT_VERSION, UserError, check_finite, load_checkpoint, load_generator, save_checkpoint
+from checkpoint import UserError, check_finite, load_checkpoint, load_generator, write_model
 
 POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
 
@@ -61,12 +61,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         netG, _, ckpts = soup_state(args.models)
-        about = args.about or " | ".join(c["about"] for c in ckpts if c.get("about")) or None
-        small = {"format_version": FORMAT_VERSION, "cfg": ckpts[0]["cfg"], "step": max(c.get("step", 0) for c in ckpts),
-                 "netG_ema": {k: v.half() if v.is_floating_point() else v for k, v in netG.state_dict().items()}}
-        if about:
-            small["about"] = about
-        save_checkpoint(small, args.out, "model")
+        about = args.about or " | ".join(c["about"] for c in ckpts if c.get("about"))
+        write_model(args.out, ckpts[0]["cfg"], max(c.get("step", 0) for c in ckpts), netG.state_dict(), about)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
