@@ -130,7 +130,11 @@ def check_finite(state, path, what):
 def load_generator(path, device, defaults=None):
     """The EMA generator stored in a checkpoint, rebuilt from the constants saved with it, in eval
     mode: (netG, cfg). defaults fills constants that older checkpoints did not store."""
-    ckpt = load_checkpoint(path)
+    return generator_from(load_checkpoint(path), path, device, defaults)
+
+
+def generator_from(ckpt, path, device, defaults=None):
+    """load_generator for a checkpoint already read from path (load_checkpoint)."""
     cfg = {**(defaults or {}), **ckpt["cfg"]}
     check_finite(ckpt["netG_ema"], path, "generator")
     try:

@@ -16,7 +16,7 @@ import sys
 import torch
 
 import colorize_base as cb
-from checkpoint import UserError, check_finite, load_checkpoint, load_generator, write_model
+from checkpoint import UserError, check_finite, generator_from, load_checkpoint, write_model
 
 POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
 
@@ -26,16 +26,17 @@ def soup_state(paths):
     if len(paths) < 2:
         raise UserError("a soup needs at least two models")
     ckpts = [load_checkpoint(p) for p in paths]
-    arch = cb.G_ARCH_KEYS + ("HINT_INPUT",)
-    first = {k: ckpts[0]["cfg"].get(k, cb.CONSTANTS[k]) for k in arch}
+
+    def network(ckpt, key):
+        return ckpt["cfg"].get(key, cb.CONSTANTS[key])
+
     for path, ckpt in zip(paths[1:], ckpts[1:]):
-        for k in arch:
-            if ckpt["cfg"].get(k, cb.CONSTANTS[k]) != first[k]:
-                raise UserError(f"{path}: {k} is {ckpt['cfg'].get(k, cb.CONSTANTS[k])!r}, but {paths[0]} has "
-                                f"{first[k]!r}; only models with the same network can be averaged")
-    for path, ckpt in zip(paths, ckpts):
+        for k in cb.G_ARCH_KEYS + ("HINT_INPUT",):
+            if network(ckpt, k) != network(ckpts[0], k):
+                raise UserError(f"{path}: {k} is {network(ckpt, k)!r}, but {paths[0]} has "
+                                f"{network(ckpts[0], k)!r}; only models with the same network can be averaged")
         check_finite(ckpt["netG_ema"], path, "generator")
-    netG, cfg = load_generator(paths[0], torch.device("cpu"), defaults=cb.CONSTANTS)
+    netG, cfg = generator_from(ckpts[0], paths[0], torch.device("cpu"), defaults=cb.CONSTANTS)  # checks its own
     mean = {}
     for k, v in netG.state_dict().items():
         if v.is_floating_point():
