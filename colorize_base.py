@@ -52,6 +52,7 @@ BATCH_SIZE = 16                     # images per step
 EPOCHS = 200                        # passes over the training set (an epoch: as many draws as photos)
 SOURCE_BALANCE = 0.0                # 0: every photo equally often; 1: every source folder (first level under a DATA_DIR entry) equally often
 MOSAIC = 0.0                        # share of training images made 2x2 mosaics of four half-size photos (subjects at scene scale)
+EXPOSURE = 0.0                      # training: each image's exposure changes by up to this many stops, in linear light
 MAX_STEPS = 0                       # stop after this many generator steps; 0 = no limit
 LR_G = 1e-4                         # generator Adam learning rate (TTUR, SAGAN)
 LR_D = 4e-4                         # discriminator Adam learning rate (TTUR, SAGAN)
@@ -201,6 +202,7 @@ def check_config(cfg):
         need(0 <= cfg[name] < 1, name, "in [0, 1)")
     for name in ("SOURCE_BALANCE", "MOSAIC", "HINT_SHARE", "HINT_COLOUR_BIAS"):
         need(0 <= cfg[name] <= 1, name, "in [0, 1]")
+    need(0 <= cfg["EXPOSURE"] <= 4, "EXPOSURE", "in [0, 4] stops")
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
     need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
@@ -356,7 +358,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
 def net_batch(batch_uint8, device, cfg):
     """A uint8 RGB batch from the loader -> (real_A, real_B) on device, in the networks' memory format."""
     return tuple(t.contiguous(memory_format=memory_format(cfg))
-                 for t in to_net_input(batch_uint8, device, cfg["MOSAIC"]))
+                 for t in to_net_input(batch_uint8, device, cfg["MOSAIC"], cfg["EXPOSURE"]))
 
 
 def training_hints(real_B, cfg):

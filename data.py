@@ -38,11 +38,19 @@ def _channel_matmul(m, x):
     return torch.einsum("ij,bjhw->bihw", m.to(x.dtype).to(x.device), x)
 
 
+def srgb_to_linear(rgb):
+    """sRGB in [0, 1] -> linear light (the sRGB transfer curve undone)."""
+    return torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+
+
+def linear_to_srgb(lin):
+    """Linear light -> sRGB (not clipped)."""
+    return torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin)
+
+
 def rgb_to_lab(rgb):
     """sRGB in [0, 1] (B, 3, H, W) -> Lab with L in [0, 100], a and b roughly in [-110, 110]."""
-    rgb = rgb.clamp(0, 1)
-    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = _channel_matmul(_XYZ_FROM_RGB, lin)
+    xyz = _channel_matmul(_XYZ_FROM_RGB, srgb_to_linear(rgb.clamp(0, 1)))
     xyz = xyz / torch.tensor(_WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
     f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
     fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
@@ -56,9 +64,7 @@ def lab_to_rgb(lab):
     f = torch.stack([a / 500 + fy, fy, (fy - b / 200).clamp(min=0)], dim=1)
     xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787)
     xyz = xyz * torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
-    lin = _channel_matmul(_RGB_FROM_XYZ, xyz)
-    rgb = torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin)
-    return rgb.clamp(0, 1)
+    return linear_to_srgb(_channel_matmul(_RGB_FROM_XYZ, xyz)).clamp(0, 1)
 
 
 # The network sees L in [-1, 1] and predicts ab in [-1, 1]: the only place the scaling lives.
@@ -319,10 +325,23 @@ def mosaic(rgb, share, generator=None):
     return out
 
 
-def to_net_input(batch_uint8, device, mosaic_share=0.0):
+def expose(rgb, stops, generator=None):
+    """Change each image's exposure of a float sRGB batch (B, 3, H, W) by a factor 2**u, u drawn
+    uniformly in [-stops, stops], in linear light, and clip, as a camera would. A white thing in
+    shade then looks as light as a brown one in the sun: the network has to tell them apart by
+    something other than how light they are. Neutral colours stay neutral."""
+    u = (torch.rand(rgb.shape[0], generator=generator) * 2 - 1) * stops
+    gain = (2.0 ** u).to(rgb.device, rgb.dtype).view(-1, 1, 1, 1)
+    return linear_to_srgb(srgb_to_linear(rgb) * gain).clamp(0, 1)
+
+
+def to_net_input(batch_uint8, device, mosaic_share=0.0, exposure=0.0):
     """uint8 RGB batch (B, 3, H, W) -> (real_A, real_B) on device, in network scaling; with
-    mosaic_share, that share of the images become mosaics of four (see mosaic)."""
+    mosaic_share, that share of the images become mosaics of four (see mosaic); with exposure,
+    each image's exposure changes by up to that many stops (see expose)."""
     rgb = batch_uint8.to(device, non_blocking=True).float() / 255
+    if exposure:
+        rgb = expose(rgb, exposure)
     if mosaic_share:
         rgb = mosaic(rgb, mosaic_share)
     return lab_to_net(rgb_to_lab(rgb))

@@ -6,8 +6,8 @@ from PIL import Image
 from skimage import color
 
 from conftest import write_png16
-from data import (ColorizationDataset, find_images, lab_to_net, lab_to_rgb, load_image, mosaic, net_to_lab,
-                  rgb_to_lab, scan_images)
+from data import (ColorizationDataset, expose, find_images, lab_to_net, lab_to_rgb, load_image, mosaic, net_to_lab,
+                  rgb_to_lab, scan_images, srgb_to_linear)
 
 
 def test_rgb_to_lab_matches_skimage():
@@ -107,6 +107,22 @@ def test_mosaic_tiles_four_half_size_images_of_the_batch():
     assert some.shape == (400, 3, 4, 4)
     with pytest.raises(ValueError, match="even"):
         mosaic(torch.rand(2, 3, 5, 4), 1.0)
+
+
+def test_expose_scales_linear_light_keeps_neutrals_neutral_and_clips():
+    gray = torch.full((64, 3, 2, 2), 0.5)
+    assert torch.allclose(expose(gray, 0.0), gray, atol=1e-6)  # 0 stops: unchanged
+    g = torch.Generator().manual_seed(0)
+    out = expose(gray, 1.0, g)
+    gain = srgb_to_linear(out[:, 0, 0, 0]) / srgb_to_linear(torch.tensor(0.5))
+    assert gain.min() >= 0.5 - 1e-5 and gain.max() <= 2 + 1e-5  # within one stop either way
+    assert gain.min() < 0.7 and gain.max() > 1.4  # and spread over the range
+    assert torch.allclose(rgb_to_lab(out)[:, 1:], torch.zeros(64, 2, 2, 2), atol=0.01)  # gray stays gray
+    colour = torch.tensor([0.6, 0.4, 0.2]).view(1, 3, 1, 1).expand(64, 3, 2, 2)
+    lin = srgb_to_linear(expose(colour, 1.0, torch.Generator().manual_seed(0)))
+    ratio = lin / srgb_to_linear(colour)
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-4)  # one gain for all three channels
+    assert expose(torch.ones(4, 3, 2, 2), 3.0).max() <= 1  # brightened white is clipped, not above 1
 
 
 def test_mosaic_shrinks_by_averaging():

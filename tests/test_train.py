@@ -215,6 +215,6 @@ def test_threads_default_to_the_free_cores(monkeypatch):
 def test_training_with_balanced_sources_and_mosaics_runs_and_reports_the_shares(tmp_path, capsys):
     make_photos(tmp_path / "data" / "faces", n=6, size=(48, 40))
     make_photos(tmp_path / "data" / "scenes", n=3, size=(48, 40))
-    assert cb.train(tiny_cfg(tmp_path / "data", tmp_path / "run", 3, "--source-balance", "1", "--mosaic", "0.5")) == 3
+    assert cb.train(tiny_cfg(tmp_path / "data", tmp_path / "run", 3, "--source-balance", "1", "--mosaic", "0.5", "--exposure", "1")) == 3
     out = capsys.readouterr().out
     assert "share of draws at SOURCE_BALANCE 1.0" in out and "faces" in out and "scenes" in out
