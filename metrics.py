@@ -48,8 +48,16 @@ def ciede2000(pred, truth):
 
     About 1 is the smallest difference a viewer notices side by side; above 10 the colours are clearly different.
     """
+    return _ciede2000_lab(*_lab_pair(pred, truth))
+
+
+def _lab_pair(pred, truth):
     _check_pair(pred, truth)
-    return float(deltaE_ciede2000(rgb2lab(np.asarray(truth, np.float64)), rgb2lab(np.asarray(pred, np.float64))).mean())
+    return rgb2lab(np.asarray(pred, np.float64)), rgb2lab(np.asarray(truth, np.float64))
+
+
+def _ciede2000_lab(lab_p, lab_t):
+    return float(deltaE_ciede2000(lab_t, lab_p).mean())
 
 
 def colorfulness(rgb):
@@ -86,8 +94,10 @@ def false_colour(pred, truth, neutral=NEUTRAL_CHROMA, coloured=FALSE_CHROMA, min
     pixels hides; 0 for the gray image. NaN (left out of means) when under min_share of the
     pixels are light neutral, so a photo without white things does not count as a success.
     """
-    _check_pair(pred, truth)
-    lab_t, lab_p = rgb2lab(np.asarray(truth, np.float64)), rgb2lab(np.asarray(pred, np.float64))
+    return _false_colour_lab(*_lab_pair(pred, truth), neutral, coloured, min_share)
+
+
+def _false_colour_lab(lab_p, lab_t, neutral=NEUTRAL_CHROMA, coloured=FALSE_CHROMA, min_share=0.01):
     mask = (lab_t[..., 0] >= 50) & (np.hypot(lab_t[..., 1], lab_t[..., 2]) < neutral)
     if mask.mean() < min_share:
         return float("nan")
@@ -95,6 +105,8 @@ def false_colour(pred, truth, neutral=NEUTRAL_CHROMA, coloured=FALSE_CHROMA, min
 
 
 def image_metrics(pred, truth):
-    """All per-image metrics of a prediction against its ground truth, as a dict."""
-    return {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth), "ciede2000": ciede2000(pred, truth),
-            "colorfulness": colorfulness(pred), "false_colour": false_colour(pred, truth)}
+    """All per-image metrics of a prediction against its ground truth, as a dict (each image is
+    converted to Lab once, for CIEDE2000 and false colour)."""
+    lab_p, lab_t = _lab_pair(pred, truth)
+    return {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth), "ciede2000": _ciede2000_lab(lab_p, lab_t),
+            "colorfulness": colorfulness(pred), "false_colour": _false_colour_lab(lab_p, lab_t)}
