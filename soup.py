@@ -22,7 +22,7 @@ POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
 
 
 def soup_state(paths):
-    """The averaged EMA generator of the checkpoints at paths: (netG in eval mode, cfg, ckpts)."""
+    """The averaged EMA generator of the checkpoints at paths: (netG in eval mode, ckpts)."""
     if len(paths) < 2:
         raise UserError("a soup needs at least two models")
     ckpts = [load_checkpoint(p) for p in paths]
@@ -36,7 +36,7 @@ def soup_state(paths):
                 raise UserError(f"{path}: {k} is {network(ckpt, k)!r}, but {paths[0]} has "
                                 f"{network(ckpts[0], k)!r}; only models with the same network can be averaged")
         check_finite(ckpt["netG_ema"], path, "generator")
-    netG, cfg = generator_from(ckpts[0], paths[0], torch.device("cpu"), defaults=cb.CONSTANTS)  # checks its own
+    netG, _ = generator_from(ckpts[0], paths[0], torch.device("cpu"), defaults=cb.CONSTANTS)  # checks its own
     mean = {}
     for k, v in netG.state_dict().items():
         if v.is_floating_point():
@@ -51,7 +51,7 @@ def soup_state(paths):
                 for _ in range(POWER_ITERATIONS):
                     sn(module.parametrizations.weight.original)
                 sn.eval()
-    return netG.eval(), cfg, ckpts
+    return netG.eval(), ckpts
 
 
 def main(argv=None):
@@ -61,7 +61,7 @@ def main(argv=None):
     p.add_argument("--about", metavar="TEXT", help="what the ingredients were trained on, stored in the file")
     args = p.parse_args(argv)
     try:
-        netG, _, ckpts = soup_state(args.models)
+        netG, ckpts = soup_state(args.models)
         about = args.about or " | ".join(c["about"] for c in ckpts if c.get("about"))
         write_model(args.out, ckpts[0]["cfg"], max(c.get("step", 0) for c in ckpts), netG.state_dict(), about)
     except UserError as e:

@@ -31,7 +31,7 @@ def test_soup_averages_the_weights_and_renormalises_spectral_norm(tmp_path):
     a = tiny_checkpoint(tmp_path / "a.pt")
     b = perturbed(a, tmp_path / "b.pt", seed=1)
     c = perturbed(a, tmp_path / "c.pt", seed=2)
-    netG, _, ckpts = soup.soup_state([a, b, c])
+    netG, ckpts = soup.soup_state([a, b, c])
     state = netG.state_dict()
     key = next(k for k in state if k.endswith("parametrizations.weight.original"))
     mean = sum(ck["netG_ema"][key] for ck in ckpts) / 3
