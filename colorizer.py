@@ -15,11 +15,23 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from checkpoint import UserError, atomic_write, describe_os_error, load_generator
-from data import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
-                  open_image, rgb_to_lab, unique_files)
+from checkpoint import load_generator
+from data import (
+    BadImageError,
+    find_images,
+    image_to_array,
+    integer_scale,
+    lab_to_net,
+    lab_to_rgb,
+    net_to_lab,
+    open_image,
+    rgb_to_lab,
+    unique_files,
+)
+from files import UserError, atomic_write, describe_os_error
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
 
+BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "colorizer.pt")
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
 
 
@@ -49,15 +61,13 @@ class Colorizer:
         self.render_size, self.max_pixels, self.saturation = render_size, max_pixels, saturation
 
     @classmethod
-    def load(cls, weights=None, device="auto", render_size=None, max_pixels=None, saturation=None):
-        """Load a checkpoint or exported model (None: the bundled model). render_size, max_pixels and
-        saturation default to RENDER_SIZE, MAX_PIXELS and SATURATION of colorize_base.py."""
-        import colorize_base as cb  # the constants block; imported here, as colorize_base imports us
-        weights = cb.resolve_path(cb.WEIGHTS) if weights is None else os.fspath(weights)
+    def load(cls, weights=BUNDLED_WEIGHTS, device="auto", render_size=256, max_pixels=100_000_000, saturation=1.55):
+        """Load a checkpoint or exported model (default: the bundled one). The defaults are those of
+        RENDER_SIZE, MAX_PIXELS and SATURATION in colorize_base.py, whose command line passes its own."""
+        weights = os.fspath(weights)
         device = pick_device(device) if isinstance(device, str) else torch.device(device)
-        netG, cfg = load_generator(weights, device, defaults=cb.CONSTANTS)
-        return cls(netG, cfg, device, render_size or cb.RENDER_SIZE, max_pixels or cb.MAX_PIXELS, weights,
-                   cb.SATURATION if saturation is None else saturation)
+        netG, cfg = load_generator(weights, device)
+        return cls(netG, cfg, device, render_size, max_pixels, weights, saturation)
 
     @property
     def takes_hints(self):

@@ -3,6 +3,7 @@
 Colour conversion is done in torch on whole batches so it runs on the training
 device; it follows scikit-image's rgb2lab / lab2rgb (sRGB, D65, 2 degree observer).
 """
+import collections
 import fnmatch
 import glob
 import os
@@ -15,6 +16,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
+
+from files import UserError
 
 IMG_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -345,3 +348,90 @@ def to_net_input(batch_uint8, device, mosaic_share=0.0, exposure=0.0):
     if mosaic_share:
         rgb = mosaic(rgb, mosaic_share)
     return lab_to_net(rgb_to_lab(rgb))
+
+
+# -----------------------------------------------------------------------------
+# The photos of a training run
+
+def split_files(cfg, log):
+    """Colour photos to train on, and the fixed held-out ones for the sample grids."""
+    try:
+        train_files, n_bad, n_gray = scan_images(cfg["DATA_DIR"].split(","), cfg["MAX_PIXELS"], log)
+    except FileNotFoundError as e:
+        raise UserError(f"--data: {e}") from None
+    log(f"data: {len(train_files)} colour images, {n_gray} grayscale left out, {n_bad} unreadable skipped")
+    if cfg["VAL_DIR"] and os.path.exists(cfg["VAL_DIR"]):
+        val_files, _, _ = scan_images([cfg["VAL_DIR"]], cfg["MAX_PIXELS"], log)
+        if not val_files:
+            raise UserError(f"--val-dir {cfg['VAL_DIR']}: no usable colour images (pass --val-dir \"\" to hold "
+                            f"out some training images instead)")
+    else:  # hold out an evenly spaced few
+        stride = max(2, len(train_files) // cfg["NUM_SAMPLES"])
+        val_files = train_files[::stride][: cfg["NUM_SAMPLES"]]
+        train_files = [f for f in train_files if f not in set(val_files)]
+    if not train_files:
+        raise UserError(f"no colour images to train on under {cfg['DATA_DIR']}")
+    stride = max(1, len(val_files) // cfg["NUM_SAMPLES"])
+    return train_files, val_files[::stride][: cfg["NUM_SAMPLES"]]
+
+
+def source_weights(files, roots, balance, log):
+    """A sampling weight per photo: n ** -balance, n being the number of photos of its source (the
+    first-level folder under the DATA_DIR entry it came from, or the entry itself). Logs each
+    source's share of the draws."""
+    roots = [os.path.abspath(r) for r in roots]
+
+    def source(f):
+        f = os.path.abspath(f)
+        root = next((r for r in roots if f.startswith(r + os.sep)), os.path.dirname(f))
+        parts = os.path.relpath(f, root).split(os.sep)
+        return os.path.join(root, parts[0]) if len(parts) > 1 else root
+    sources = [source(f) for f in files]
+    counts = collections.Counter(sources)
+    weights = [counts[s] ** -balance for s in sources]
+    total = sum(weights)
+    shares = ", ".join(f"{os.path.basename(s)} {n} ({n * n ** -balance / total:.1%})"
+                       for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    log(f"sources (photos, share of draws at SOURCE_BALANCE {balance}): {shares}")
+    return weights
+
+
+def training_data(cfg, world, log):
+    """(dataset, per-photo sampling weights or None, sample images, batch size per process, steps per
+    epoch, total steps)."""
+    train_files, val_files = split_files(cfg, log)
+    weights = source_weights(train_files, cfg["DATA_DIR"].split(","), cfg["SOURCE_BALANCE"], log) \
+        if cfg["SOURCE_BALANCE"] > 0 else None
+    dataset = ColorizationDataset(train_files, cfg["IMAGE_SIZE"], train=True, max_pixels=cfg["MAX_PIXELS"])
+    val_set = ColorizationDataset(val_files, cfg["IMAGE_SIZE"], train=False, max_pixels=cfg["MAX_PIXELS"])
+    sample_rgb = torch.stack([val_set[i] for i in range(len(val_set))])
+    batch_size = min(cfg["BATCH_SIZE"], len(dataset) // world)
+    if batch_size < 1:
+        raise UserError(f"{len(dataset)} training images cannot be shared by {world} processes")
+    steps_per_epoch = len(dataset) // (batch_size * world)
+    total_steps = cfg["EPOCHS"] * steps_per_epoch
+    if cfg["MAX_STEPS"] > 0:
+        total_steps = min(total_steps, cfg["MAX_STEPS"])
+    return dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps
+
+
+# -----------------------------------------------------------------------------
+# The gray version of a photo
+
+def to_8bit(rgb):
+    """Round float RGB to what an 8-bit file stores, so scores match the PNGs --infer writes."""
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.float32) / 255
+
+
+def without_colour(rgb):
+    """sRGB (B, 3, H, W) in [0, 1] -> the same lightness with Lab a = b = 0: the photo in gray."""
+    lab = rgb_to_lab(rgb)
+    lab[:, 1:] = 0
+    return lab_to_rgb(lab)
+
+
+def gray_version(rgb):
+    """A photo (H, W, 3) float in [0, 1] without its colour, as an 8-bit image with R = G = B: the
+    input a user of --infer would have, and the gray baseline of --eval."""
+    gray = without_colour(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].mean(0)  # channels differ by rounding only
+    return to_8bit(gray[..., None].expand(-1, -1, 3).numpy())

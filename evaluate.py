@@ -13,27 +13,13 @@ from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from checkpoint import UserError, atomic_write
 from colorizer import display_name, failure_reason, make_output_dir, render_shape
-from data import IMG_EXTENSIONS, BadImageError, find_images, is_grayscale, lab_to_rgb, load_image, rgb_to_lab
+from data import IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, to_8bit
+from files import UserError, atomic_write
 from hints import POINT_SIDE, hex_color, square
 from metrics import colorfulness, colorfulness_gap, image_metrics
 
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_colour")
-
-
-def to_8bit(rgb):
-    """Round float RGB to what an 8-bit file stores, so scores match the PNGs --infer writes."""
-    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.float32) / 255
-
-
-def gray_version(rgb):
-    """The photo without its colour (Lab a = b = 0) as an 8-bit image with R = G = B: the input a
-    user of --infer would have, and the gray baseline."""
-    lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])
-    lab[:, 1:] = 0
-    gray = lab_to_rgb(lab)[0].mean(0)  # the channels differ only by rounding in the colour matrices
-    return to_8bit(gray[..., None].expand(-1, -1, 3).numpy())
 
 
 def center_square(rgb, size):

@@ -18,8 +18,8 @@ import re
 import torch
 import torch.nn.functional as F
 
-from checkpoint import UserError, describe_os_error
 from data import AB_SCALE, rgb_to_lab
+from files import UserError, describe_os_error
 from models import HINT_CHANNELS
 
 POINT_SIDE = 3          # a user's point hint covers a square of this side, in the pixels the network sees

@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 GAN_MODES = ("hinge", "lsgan", "vanilla")
+LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG", "loss_G_perc",
+              "loss_G_CF")  # what step.train_step returns, in this order: the columns of log.csv
 
 
 def gan_loss(pred, target_is_real, mode="hinge", for_discriminator=True):

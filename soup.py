@@ -16,7 +16,8 @@ import sys
 import torch
 
 import colorize_base as cb
-from checkpoint import UserError, check_finite, generator_from, load_checkpoint, write_model
+from checkpoint import check_finite, generator_from, load_checkpoint, write_model
+from files import UserError
 
 POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
 

@@ -13,10 +13,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from checkpoint import UserError  # noqa: E402
 from colorizer import failure_reason  # noqa: E402
-from data import BadImageError, load_image  # noqa: E402
-from evaluate import gray_version  # noqa: E402
+from data import (  # noqa: E402
+    BadImageError,
+    gray_version,  # noqa: E402
+    load_image,
+)
+from files import UserError  # noqa: E402
 from hints import HintError, hints_json, read_hints  # noqa: E402
 
 PRESETS = {  # name: colour of a hint; only hue and saturation count, the photo keeps its lightness

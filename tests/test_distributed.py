@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import colorize_base as cb
+import data
+import runtime
 from checkpoint import load_checkpoint
 from conftest import TINY_ARGS, make_photos, saved_step
 
@@ -13,8 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_epoch_sampler_shards_each_batch_without_overlap():
     n, batch = 23, 3
-    single = iter(cb.EpochSampler(n, batch * 2, seed=5, epoch=1, batch=1))
-    shards = [iter(cb.EpochSampler(n, batch, seed=5, epoch=1, batch=1, rank=r, world=2)) for r in range(2)]
+    single = iter(runtime.EpochSampler(n, batch * 2, seed=5, epoch=1, batch=1))
+    shards = [iter(runtime.EpochSampler(n, batch, seed=5, epoch=1, batch=1, rank=r, world=2)) for r in range(2)]
     for _ in range(6):  # runs into the next epoch
         global_batch = [next(single) for _ in range(batch * 2)]
         parts = [[next(s) for _ in range(batch)] for s in shards]
@@ -68,14 +69,14 @@ def test_torchrun_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path):
 
 def test_weighted_epochs_draw_in_proportion_and_resume_mid_epoch():
     weights = [1.0] * 6 + [3.0] * 2  # the last two indices: three times as likely each
-    full = iter(cb.EpochSampler(8, 2, seed=1, weights=weights))
+    full = iter(runtime.EpochSampler(8, 2, seed=1, weights=weights))
     draws = [next(full) for _ in range(8 * 500)]
     share = sum(d >= 6 for d in draws) / len(draws)
     assert abs(share - 6 / 12) < 0.03  # 2 x 3 of the 12 weight units
-    resumed = iter(cb.EpochSampler(8, 2, seed=1, epoch=1, batch=1, weights=weights))
+    resumed = iter(runtime.EpochSampler(8, 2, seed=1, epoch=1, batch=1, weights=weights))
     assert [next(resumed) for _ in range(10)] == draws[8 + 2: 8 + 12]  # epoch 1, from its second batch
-    shards = [iter(cb.EpochSampler(8, 2, seed=1, rank=r, world=2, weights=weights)) for r in range(2)]
-    whole = iter(cb.EpochSampler(8, 4, seed=1, weights=weights))
+    shards = [iter(runtime.EpochSampler(8, 2, seed=1, rank=r, world=2, weights=weights)) for r in range(2)]
+    whole = iter(runtime.EpochSampler(8, 4, seed=1, weights=weights))
     for _ in range(4):  # each global batch of 4 is the two shards' batches of 2, interleaved
         batch = [next(whole) for _ in range(4)]
         assert sorted([next(shards[0]) for _ in range(2)] + [next(shards[1]) for _ in range(2)]) == sorted(batch)
@@ -87,9 +88,9 @@ def test_source_balance_weights_each_first_level_folder(tmp_path):
     files = sorted(str(p) for d in (a, b, loose) for p in Path(d).glob("*.png"))
     roots = [str(tmp_path / "photos"), loose]
     lines = []
-    weights = dict(zip(files, cb.source_weights(files, roots, 1.0, lines.append)))
+    weights = dict(zip(files, data.source_weights(files, roots, 1.0, lines.append)))
     assert {round(w, 6) for f, w in weights.items() if "/a/" in f} == {round(1 / 6, 6)}
     assert {round(w, 6) for f, w in weights.items() if "/b/" in f} == {0.5}
     assert {w for f, w in weights.items() if "loose" in f} == {0.25}  # files straight in an entry: one source
     assert "a 6 (33.3%)" in lines[0] and "b 2 (33.3%)" in lines[0] and "loose 4 (33.3%)" in lines[0]
-    assert set(cb.source_weights(files, roots, 0.0, lines.append)) == {1.0}
+    assert set(data.source_weights(files, roots, 0.0, lines.append)) == {1.0}

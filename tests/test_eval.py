@@ -9,7 +9,8 @@ from PIL import Image
 
 import colorize_base as cb
 from conftest import make_photos, tiny_checkpoint
-from evaluate import METRICS, center_square, gray_version, score_file, summarize, to_8bit
+from data import gray_version, rgb_to_lab, to_8bit
+from evaluate import METRICS, center_square, score_file, summarize
 
 
 def photos_and_gray(folder, n=3):
@@ -84,8 +85,8 @@ def test_gray_version_keeps_the_luminance_and_drops_the_colour():
     rgb = np.random.default_rng(1).random((12, 10, 3)).astype(np.float32)
     gray = gray_version(rgb)
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
-    L = cb.rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0, 0]
-    L_gray = cb.rgb_to_lab(torch.from_numpy(gray).permute(2, 0, 1)[None])[0, 0]
+    L = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0, 0]
+    L_gray = rgb_to_lab(torch.from_numpy(gray).permute(2, 0, 1)[None])[0, 0]
     assert (L - L_gray).abs().max() < 0.5  # 8-bit rounding only
     assert np.array_equal(gray_version(gray), gray)  # a gray photo is its own gray version
 

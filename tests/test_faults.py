@@ -12,6 +12,8 @@ import torch
 
 import colorize_base as cb
 import losses
+import runtime
+import training
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from conftest import make_bad_inputs, make_good_inputs, make_photos, run_cli, saved_step, tiny_cfg, train_args
 
@@ -170,7 +172,7 @@ def nan_every(n):
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, capsys):
     data, run_dir = make_photos(tmp_path / "data"), tmp_path / "run"
     l1, calls = nan_every(3)
-    monkeypatch.setattr(cb, "l1_loss", l1)
+    monkeypatch.setattr(training, "l1_loss", l1)
     assert cb.train(tiny_cfg(data, run_dir, 6, "--max-bad-steps", "2")) == 6
     assert len(calls) == 8  # 6 good steps and 2 skipped: calls 3 and 6
     with open(run_dir / "log.csv") as f:
@@ -186,7 +188,7 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_checkpoint_intact(tmp_path,
     assert cb.train(tiny_cfg(data, run_dir, 2)) == 2
     ckpt = run_dir / "checkpoint.pt"
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    monkeypatch.setattr(cb, "l1_loss", nan_every(1)[0])
+    monkeypatch.setattr(training, "l1_loss", nan_every(1)[0])
     with pytest.raises(cb.UserError, match=r"3 steps in a row had a non-finite loss or gradient; stopping\. "
                                            rf"The last good checkpoint is {ckpt}"):
         cb.train(tiny_cfg(data, run_dir, 10, "--max-bad-steps", "3", "--save-every", "1"))
@@ -224,7 +226,7 @@ def test_unusable_checkpoint_in_run_dir_is_named(tmp_path):
 
 def test_second_run_in_the_same_run_dir_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    with cb.lock_run_dir(str(run_dir)):  # as if another training run were using it
+    with runtime.lock_run_dir(str(run_dir)):  # as if another training run were using it
         with pytest.raises(cb.UserError, match=f"{run_dir} is in use by another training run"):
             cb.train(tiny_cfg(make_photos(tmp_path / "data"), run_dir, 2))
     assert cb.train(tiny_cfg(tmp_path / "data", run_dir, 2)) == 2

@@ -6,14 +6,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from colorizer import Colorizer
-from conftest import make_photos, photo, run_cli, tiny_checkpoint, tiny_cfg, train_args
+from conftest import make_photos, photo, run_cli, tiny_cfg, tiny_checkpoint, train_args
 from data import AB_SCALE, rgb_to_lab
-from hints import (HintError, check_hints, hint_planes, hints_json, parse_color, read_hints, sidecar_path,
-                   simulate_hints)
+from hints import HintError, check_hints, hint_planes, hints_json, parse_color, read_hints, sidecar_path, simulate_hints
 from models import build_generator, with_hint_input
 
 

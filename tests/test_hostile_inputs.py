@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import colorize_base as cb
-from checkpoint import UserError, atomic_write, load_checkpoint
+from checkpoint import load_checkpoint
 from conftest import REPO, make_photos, photo, run_cli, saved_step, train_args
+from files import UserError, atomic_write
 
 
 def one_line_error(p, *fragments):

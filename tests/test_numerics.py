@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import colorize_base as cb
 import losses
-from checkpoint import TrainState
+import runtime
+import training
 from colorizer import Colorizer
 from conftest import make_photos, tiny_cfg
 from data import lab_to_net, lab_to_rgb, rgb_to_lab
@@ -157,13 +158,13 @@ def test_16_bit_gray_photos_are_read_at_their_own_scale():
 
 def test_ema_decay_warms_up_as_one_plus_step_over_ten_plus_step():
     cfg = {"EMA_DECAY": 0.999}
-    assert cb.ema_decay(cfg, 0) == pytest.approx(1 / 10)
-    assert cb.ema_decay(cfg, 1) == pytest.approx(2 / 11)
-    assert cb.ema_decay(cfg, 10) == pytest.approx(11 / 20)
-    assert cb.ema_decay(cfg, 8000) == pytest.approx(8001 / 8010)   # still warming up: 0.99888
-    assert cb.ema_decay(cfg, 9000) == 0.999                         # 9001 / 9010 would be 0.99900111
-    assert cb.ema_decay({"EMA_DECAY": 0.5}, 7) == pytest.approx(8 / 17)
-    assert cb.ema_decay({"EMA_DECAY": 0.5}, 9) == 0.5
+    assert training.ema_decay(cfg, 0) == pytest.approx(1 / 10)
+    assert training.ema_decay(cfg, 1) == pytest.approx(2 / 11)
+    assert training.ema_decay(cfg, 10) == pytest.approx(11 / 20)
+    assert training.ema_decay(cfg, 8000) == pytest.approx(8001 / 8010)   # still warming up: 0.99888
+    assert training.ema_decay(cfg, 9000) == 0.999                         # 9001 / 9010 would be 0.99900111
+    assert training.ema_decay({"EMA_DECAY": 0.5}, 7) == pytest.approx(8 / 17)
+    assert training.ema_decay({"EMA_DECAY": 0.5}, 9) == 0.5
 
 
 def test_update_ema_averages_parameters_and_copies_buffers_by_hand():
@@ -178,7 +179,7 @@ def test_update_ema_averages_parameters_and_copies_buffers_by_hand():
     for w, running, decay in (([10.0, -10.0], 6.0, 2 / 11), ([20.0, 0.0], 7.0, 3 / 12), ([40.0, 4.0], 8.0, 4 / 13)):
         netG.w.data = torch.tensor(w)
         netG.running.fill_(running)
-        cb.update_ema(netG_ema, netG, decay)
+        training.update_ema(netG_ema, netG, decay)
     # by hand: ema = decay * ema + (1 - decay) * w, from ema = [0, 1]
     e1 = [2 / 11 * 0 + 9 / 11 * 10, 2 / 11 * 1 + 9 / 11 * -10]   # [8.1818, -8.0]
     e2 = [3 / 12 * e1[0] + 9 / 12 * 20, 3 / 12 * e1[1] + 9 / 12 * 0]  # [17.0455, -2.0]
@@ -197,7 +198,7 @@ def test_update_ema_of_the_real_generator_covers_every_parameter_and_buffer(tmp_
     netG.train()
     netG(torch.rand(2, 1, 32, 32) * 2 - 1)  # moves the batch-norm statistics and spectral-norm vectors
     before = {k: v.clone() for k, v in netG_ema.state_dict().items()}
-    cb.update_ema(netG_ema, netG, 0.75)
+    training.update_ema(netG_ema, netG, 0.75)
     params = dict(netG.named_parameters())
     for k, v in netG_ema.state_dict().items():
         if k in params:
@@ -211,7 +212,7 @@ def test_training_applies_the_warm_up_once_per_counted_step(tmp_path, monkeypatc
     """The EMA is updated after each counted step with the decay of the step just reached, and not
     at all after a skipped step."""
     data = make_photos(tmp_path / "data")
-    decays, calls, update_ema = [], [], cb.update_ema
+    decays, calls, update_ema = [], [], training.update_ema
 
     def spy(netG_ema, netG, decay):
         decays.append(decay)
@@ -221,8 +222,8 @@ def test_training_applies_the_warm_up_once_per_counted_step(tmp_path, monkeypatc
         calls.append(1)
         return losses.l1_loss(fake_B, real_B) * (math.nan if len(calls) == 2 else 1)
 
-    monkeypatch.setattr(cb, "update_ema", spy)
-    monkeypatch.setattr(cb, "l1_loss", nan_on_second_call)
+    monkeypatch.setattr(training, "update_ema", spy)
+    monkeypatch.setattr(training, "l1_loss", nan_on_second_call)
     assert cb.train(tiny_cfg(data, tmp_path / "run", 3)) == 3
     assert len(calls) == 4 and decays == pytest.approx([2 / 11, 3 / 12, 4 / 13])
 
@@ -241,10 +242,10 @@ def state_and_cfg(tmp_path):
     """A tiny TrainState after one good step and its EMA update, so the optimizers have state to lose."""
     cfg = tiny_cfg(tmp_path, tmp_path / "run", 1)
     torch.manual_seed(0)
-    state = TrainState.build(cfg, CPU)
-    ok, _ = cb.train_step(state, *batch(0), cfg)
+    state = cb.build_state(cfg, CPU)
+    ok, _ = training.train_step(state, *batch(0), cfg)
     assert ok
-    cb.update_ema(state.netG_ema, state.netG, cb.ema_decay(cfg, 1))
+    training.update_ema(state.netG_ema, state.netG, training.ema_decay(cfg, 1))
     return state, cfg
 
 
@@ -299,9 +300,9 @@ def test_a_non_finite_discriminator_step_changes_nothing(state_and_cfg, monkeypa
     (D's spectral-norm vectors may take their power-iteration step: they only estimate the norm.)"""
     state, cfg = state_and_cfg
     change = (lambda loss: loss + math.inf) if how == "infinite loss" else InfiniteGradient.apply
-    monkeypatch.setattr(cb, "gan_loss", discriminator_side(change))
+    monkeypatch.setattr(training, "gan_loss", discriminator_side(change))
     before = snapshot(state)
-    ok, losses_ = cb.train_step(state, *batch(1), cfg)
+    ok, losses_ = training.train_step(state, *batch(1), cfg)
     assert not ok
     assert_unchanged(before, snapshot(state), ALL)
     assert torch.isfinite(losses_).all() == (how == "infinite gradients")
@@ -311,9 +312,9 @@ def test_infinite_generator_gradients_skip_the_generator_step(state_and_cfg, mon
     """G, the EMA and G's optimizer stay as they were. D's half of the step was finite and stands:
     each optimizer steps only when its own loss and gradients are finite (train_step's docstring)."""
     state, cfg = state_and_cfg
-    monkeypatch.setattr(cb, "l1_loss", lambda fake_B, real_B: InfiniteGradient.apply(losses.l1_loss(fake_B, real_B)))
+    monkeypatch.setattr(training, "l1_loss", lambda fake_B, real_B: InfiniteGradient.apply(losses.l1_loss(fake_B, real_B)))
     before = snapshot(state)
-    ok, losses_ = cb.train_step(state, *batch(1), cfg)
+    ok, losses_ = training.train_step(state, *batch(1), cfg)
     assert not ok and torch.isfinite(losses_).all()
     after = snapshot(state)
     assert_unchanged(before, after, ("netG", "netG_ema", "optG"))
@@ -328,12 +329,12 @@ def test_a_non_finite_forward_pass_leaves_no_nan_in_the_batch_norm_statistics(st
     real_A, real_B = batch(1)
     real_A[0, 0, 5, 7] = math.inf
     before = snapshot(state)
-    ok, _ = cb.train_step(state, real_A, real_B, cfg)
+    ok, _ = training.train_step(state, real_A, real_B, cfg)
     assert not ok
     assert_unchanged(before, snapshot(state), ALL)
-    ok, _ = cb.train_step(state, *batch(2), cfg)
+    ok, _ = training.train_step(state, *batch(2), cfg)
     assert ok
-    cb.update_ema(state.netG_ema, state.netG, cb.ema_decay(cfg, 2))
+    training.update_ema(state.netG_ema, state.netG, training.ema_decay(cfg, 2))
     bad = [k for k, v in state.netG_ema.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
     assert not bad
 
@@ -352,23 +353,23 @@ def _agreement_worker(rank, folder, cfg):
                             timeout=timedelta(seconds=30))
     try:
         torch.manual_seed(0)  # the same initial networks in both processes
-        state = TrainState.build(cfg, CPU)
+        state = cb.build_state(cfg, CPU)
         initial = copy.deepcopy(state.netG.state_dict())
         nets = (DDP(state.netG), DDP(state.netD))
         oks = []
         for step in range(4):
             bad_rank, which = BAD_STEPS.get(step, (None, None))
-            cb.gan_loss, cb.l1_loss = losses.gan_loss, losses.l1_loss
+            training.gan_loss, training.l1_loss = losses.gan_loss, losses.l1_loss
             if rank == bad_rank and which == "D":
-                cb.gan_loss = discriminator_side(lambda loss: loss + math.inf)
+                training.gan_loss = discriminator_side(lambda loss: loss + math.inf)
             if rank == bad_rank and which == "G":
-                cb.l1_loss = lambda fake_B, real_B: losses.l1_loss(fake_B, real_B) + math.inf
-            ok, _ = cb.train_step(state, *batch(100 * rank + step), cfg, nets=nets)
+                training.l1_loss = lambda fake_B, real_B: losses.l1_loss(fake_B, real_B) + math.inf
+            ok, _ = training.train_step(state, *batch(100 * rank + step), cfg, nets=nets)
             oks.append(ok)
             if ok:
                 state.step += 1
-                cb.update_ema(state.netG_ema, state.netG, cb.ema_decay(cfg, state.step))
-        stops = [cb.any_rank(rank == 0, CPU), cb.any_rank(rank == 1, CPU), cb.any_rank(False, CPU)]
+                training.update_ema(state.netG_ema, state.netG, training.ema_decay(cfg, state.step))
+        stops = [runtime.any_rank(rank == 0, CPU), runtime.any_rank(rank == 1, CPU), runtime.any_rank(False, CPU)]
         torch.save({"oks": oks, "stops": stops, "initial": initial,
                     **{k: getattr(state, k).state_dict() for k in ("netG", "netD", "netG_ema", "optG", "optD")}},
                    os.path.join(folder, f"rank{rank}.pt"))

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import colorize_base as cb
-from checkpoint import FORMAT_VERSION, TrainState, load_checkpoint, load_generator, save_checkpoint
+import runtime
+from checkpoint import FORMAT_VERSION, load_checkpoint, load_generator, save_checkpoint
 from colorizer import Colorizer
 from conftest import REPO, make_photos, run_cli, tiny_cfg, train_args
 from models import build_generator
@@ -151,7 +152,7 @@ def test_export_and_inference_take_the_ema_generator_not_the_trained_one(tmp_pat
     --weights checkpoint.pt (load_generator) runs the EMA, bit for bit."""
     cfg = tiny_cfg(tmp_path, tmp_path / "run", 1)
     torch.manual_seed(0)
-    state = TrainState.build(cfg, torch.device("cpu"))
+    state = cb.build_state(cfg, torch.device("cpu"))
     with torch.no_grad():
         for p in state.netG.parameters():
             p.add_(1.0)  # G: off by 1 in every weight, the EMA untouched
@@ -190,11 +191,11 @@ def test_paths_on_the_command_line_are_relative_to_the_current_folder_and_consta
 
 def test_cpu_bf16_only_where_native_and_checkpoints_stay_float32(monkeypatch, tmp_path):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(cb, "cpu_has_native_bf16", lambda: False)
-    assert cb.amp_dtype(cpu, {"AMP": "bf16"}) == torch.float32  # emulated bf16 is slower than float32
-    monkeypatch.setattr(cb, "cpu_has_native_bf16", lambda: True)
-    assert cb.amp_dtype(cpu, {"AMP": "bf16"}) == torch.bfloat16
-    assert cb.amp_dtype(cpu, {"AMP": "off"}) == cb.amp_dtype(cpu, {"AMP": "fp16"}) == torch.float32
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.amp_dtype(cpu, {"AMP": "bf16"}) == torch.float32  # emulated bf16 is slower than float32
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.amp_dtype(cpu, {"AMP": "bf16"}) == torch.bfloat16
+    assert runtime.amp_dtype(cpu, {"AMP": "off"}) == runtime.amp_dtype(cpu, {"AMP": "fp16"}) == torch.float32
     cfg = photos_and_cfg(tmp_path, 1)
     cb.train(cfg)
     ckpt = load_checkpoint(os.path.join(cfg["RUN_DIR"], "checkpoint.pt"))
@@ -205,9 +206,9 @@ def test_cpu_bf16_only_where_native_and_checkpoints_stay_float32(monkeypatch, tm
 def test_threads_default_to_the_free_cores(monkeypatch):
     before = torch.get_num_threads()
     try:
-        assert cb.set_threads({"THREADS": 1}) == 1 == torch.get_num_threads()
+        assert runtime.set_threads({"THREADS": 1}) == 1 == torch.get_num_threads()
         monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count()), 0.0, 0.0))  # every core busy
-        assert cb.set_threads({"THREADS": 0}) == 1
+        assert runtime.set_threads({"THREADS": 0}) == 1
     finally:
         torch.set_num_threads(before)
 

