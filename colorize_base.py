@@ -29,27 +29,15 @@ from tqdm import tqdm
 
 import losses
 import models
-from checkpoint import TrainState, check_finite, export, file_constants, load_checkpoint
+from checkpoint import TrainState, export, file_constants, load_checkpoint
 from colorizer import Colorizer, colorize_files  # noqa: F401 (Colorizer: the Python API)
 from data import training_data
 from evaluate import evaluate
 from files import UserError, remove_stale_temporaries
-from models import build_discriminator, build_generator, imagenet_weights, load_imagenet, memory_format
-from runtime import (
-    CSVLog,
-    amp_dtype,
-    any_rank,
-    autocast_for,
-    init_distributed,
-    lock_run_dir,
-    make_loader,
-    rng_state,
-    save_sample_grid,
-    set_threads,
-    sigterm_as_interrupt,
-    stop_signals,
-)
-from training import build_perceptual, build_vgg, step
+from models import build_discriminator, build_generator, memory_format
+from runtime import (CSVLog, amp_dtype, any_rank, autocast_for, init_distributed, lock_run_dir, make_loader, rng_state,
+                     save_sample_grid, set_threads, sigterm_as_interrupt, stop_signals)
+from training import build_perceptual, build_vgg, resume, start_generator, step
 
 # -----------------------------------------------------------------------------
 # Constants (relative paths are relative to this file; command-line paths to the current folder)
@@ -124,19 +112,13 @@ ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--st
 
 def constant_comments():
     """{name: its comment} from the constants block of this file's own text: each constant is described
-    once, there, and --help and the README's table (constants_markdown) show that description."""
+    once, there, and --help and the README's table (made by tests/test_docs.py) show that description."""
     with open(__file__, encoding="utf-8") as f:
         block = f.read().split("\n# " + "-" * 77 + "\n")[1]  # the first rule comment to the second
     found = (re.fullmatch(r"([A-Z][A-Z0-9_]*) = .*?  # (.*)", line.strip()) for line in block.splitlines())
     return {m.group(1): m.group(2) for m in found if m}
 
 
-def constants_markdown():
-    """The README's table of constants, made from the block: name, flag, default, meaning."""
-    comments = constant_comments()
-    rows = [f"| `{name}` | `{flag(name)}` | `{default!r}` | {comments[name].replace('|', '/')} |"
-            for name, default in CONSTANTS.items()]
-    return "\n".join(["| constant | flag | default | meaning |", "| --- | --- | --- | --- |", *rows])
 # -----------------------------------------------------------------------------
 # Command line and constants
 
@@ -288,42 +270,6 @@ def build_state(cfg, device):
     return TrainState(netG, netD, netG_ema, optG, optD, scaler)
 
 
-def resume(state, ckpt, path, cfg, rank, device, log):
-    """Load a run's checkpoint (read from path) into state, refusing one trained with another network."""
-    before = file_constants(ckpt, CONSTANTS)
-    changed = [f"{k}={before[k]!r} (now {cfg[k]!r})" for k in ARCH_KEYS if before[k] != cfg[k]]
-    if changed:
-        raise UserError(f"{path} was trained with a different network: {', '.join(changed)}; "
-                        f"use the same constants, another --run-dir, or --fresh")
-    state.load(ckpt, path)
-    rng = ckpt.get("rng") or {}
-    if rank == 0 and isinstance(rng.get("torch"), torch.Tensor):
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-    else:
-        torch.manual_seed(cfg["SEED"] + rank + 1000 * state.step)
-    log(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
-
-
-def start_generator(state, cfg, init, log):
-    """G and its EMA from INIT's generator (fine-tuning), else a pretrained encoder's ImageNet weights."""
-    if init:
-        check_finite(init["netG_ema"], cfg["INIT"], "generator")
-        state.init_generator(init["netG_ema"], cfg["INIT"])
-        added = " (with new zero-weight hint inputs)" if cfg["HINT_INPUT"] and not \
-            file_constants(init, CONSTANTS)["HINT_INPUT"] else ""
-        log(f"fine-tuning from {cfg['INIT']} (its step {init['step']}): generator and EMA from it{added}, "
-            f"discriminators and optimizers new")
-    elif cfg["ENCODER"] != "unet":
-        try:
-            load_imagenet(state.netG.encoder, imagenet_weights(cfg["ENCODER"]))
-        except ImportError as e:
-            raise UserError(f"--encoder {cfg['ENCODER']}: {e}") from None
-        state.netG_ema.load_state_dict(state.netG.state_dict())
-        log(f"generator encoder: {cfg['ENCODER']} with ImageNet weights")
-
-
 def start_state(cfg, ckpt_path, fresh, rank, device, log):
     """(cfg, TrainState) to train from: resumed from the run's checkpoint unless fresh, else started
     from INIT (fine-tuning: INIT's generator constants and weights), else new. Temporary files of an
@@ -340,7 +286,7 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
     if rank == 0:
         remove_stale_temporaries(os.path.dirname(ckpt_path), log)
     if ckpt:
-        resume(state, ckpt, ckpt_path, cfg, rank, device, log)
+        resume(state, ckpt, ckpt_path, cfg, rank, device, log, CONSTANTS, ARCH_KEYS)
     return cfg, state
 
 
@@ -447,7 +393,8 @@ def wrap_for_processes(state, cfg, world, device):
 # -----------------------------------------------------------------------------
 
 def hints_argument(args):
-    """--hints: a file for --infer (returned as is), a count for --eval (returned as an int)."""
+    """The number of hints --eval reveals per photo (--hints N); 0 without --hints and for --infer,
+    whose --hints FILE colorize_files reads. UserError when --hints does not fit the mode."""
     if args.hints is None:
         return 0
     if not (args.infer or args.eval):

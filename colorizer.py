@@ -16,18 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from checkpoint import load_generator
-from data import (
-    BadImageError,
-    find_images,
-    image_to_array,
-    integer_scale,
-    lab_to_net,
-    lab_to_rgb,
-    net_to_lab,
-    open_image,
-    rgb_to_lab,
-    unique_files,
-)
+from data import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
+                  open_image, render_shape, rgb_to_lab, unique_files)
 from files import UserError, atomic_write, describe_os_error
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
 
@@ -141,12 +131,6 @@ class Colorizer:
         if alpha is not None:
             result.putalpha(Image.fromarray(alpha))
         return result
-
-
-def render_shape(H, W, render_size):
-    """(h, w) at which the network sees an H x W photo: the longer side render_size, never enlarged."""
-    s = min(render_size, max(H, W)) / max(H, W)
-    return max(1, round(H * s)), max(1, round(W * s))
 
 
 def _upsample_rows(x, y0, y1, H):

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -301,7 +302,7 @@ class ColorizationDataset(Dataset):
                 rgb, _ = load_image(path, self.max_pixels)
                 break
             except BadImageError as e:
-                warnings.warn(f"skipping {e}")
+                warnings.warn(f"skipping {e}", stacklevel=2)
         else:
             raise RuntimeError("every training image failed to load")
         img = torch.from_numpy(np.round(rgb * 255).astype(np.uint8)).permute(2, 0, 1)
@@ -435,3 +436,28 @@ def gray_version(rgb):
     input a user of --infer would have, and the gray baseline of --eval."""
     gray = without_colour(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].mean(0)  # channels differ by rounding only
     return to_8bit(gray[..., None].expand(-1, -1, 3).numpy())
+
+
+# -----------------------------------------------------------------------------
+# Photo <-> render: the network sees a photo at render size, padded to its multiple
+
+def render_shape(H, W, render_size):
+    """(h, w) at which the network sees an H x W photo: the longer side render_size, never enlarged."""
+    s = min(render_size, max(H, W)) / max(H, W)
+    return max(1, round(H * s)), max(1, round(W * s))
+
+
+def photo_to_render(x, y, W, H, w, h):
+    """Pixel (x, y) of a W x H photo -> (row, col) of the h x w render that holds its centre."""
+    return min(int((y + 0.5) * h / H), h - 1), min(int((x + 0.5) * w / W), w - 1)
+
+
+def render_to_photo(r, c, W, H, w, h):
+    """Inverse of photo_to_render: the photo pixel (x, y) at the centre of render pixel (r, c)."""
+    return int((c + 0.5) * W / w), int((r + 0.5) * H / h)
+
+
+def pad_to_multiple(x, m, mode="replicate"):
+    """Pad (B, C, h, w) on the bottom and right to the next multiple of m, repeating the edge (L) or
+    with zeros (mode="constant", for hints); the output is cropped back with [..., :h, :w]."""
+    return F.pad(x, (0, -x.shape[-1] % m, 0, -x.shape[-2] % m), mode=mode)

@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from colorizer import display_name, failure_reason, make_output_dir, render_shape
-from data import IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, to_8bit
+from colorizer import display_name, failure_reason, make_output_dir
+from data import (IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, render_shape,
+                  render_to_photo, to_8bit)
 from files import UserError, atomic_write
 from hints import POINT_SIDE, hex_color, square
 from metrics import colorfulness, colorfulness_gap, image_metrics
@@ -94,7 +95,7 @@ def hints_from_truth(truth, n, rng, render_size, side=POINT_SIDE):
     for p in rng.choice(h * w, size=min(n, h * w), replace=False):
         r, c = divmod(int(p), w)
         colour = small[(slice(None), *square(r, c, side, h, w))].mean((1, 2)).tolist()
-        hints.append((int((c + 0.5) * W / w), int((r + 0.5) * H / h), hex_color(colour)))
+        hints.append((*render_to_photo(r, c, W, H, w, h), hex_color(colour)))
     return hints
 
 

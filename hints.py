@@ -18,7 +18,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from data import AB_SCALE, rgb_to_lab
+from data import AB_SCALE, photo_to_render, rgb_to_lab
 from files import UserError, describe_os_error
 from models import HINT_CHANNELS
 
@@ -32,11 +32,15 @@ class HintError(ValueError):
 
 
 def parse_color(color):
-    """'#rrggbb' or (r, g, b) with values in 0..255 -> (r, g, b) floats in [0, 1]."""
+    """'#rrggbb', 'rgb(r, g, b)' / 'rgba(r, g, b, a)' (what a browser's colour picker sends) or
+    (r, g, b), with values in 0..255 -> (r, g, b) floats in [0, 1]."""
     if isinstance(color, str):
         m = re.fullmatch(r"#([0-9a-fA-F]{6})", color.strip())
         if m:
             return tuple(int(m.group(1)[i:i + 2], 16) / 255 for i in (0, 2, 4))
+        m = re.fullmatch(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(,\s*[\d.]+\s*)?\)", color.strip())
+        if m and all(float(v) <= 255 for v in m.groups()[:3]):
+            return tuple(float(v) / 255 for v in m.groups()[:3])
     elif (isinstance(color, (tuple, list)) and len(color) == 3
           and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
         return tuple(c / 255 for c in color)
@@ -75,6 +79,17 @@ def square(r, c, side, h, w):
     return slice(max(0, r0), min(h, r0 + side)), slice(max(0, c0), min(w, c0 + side))
 
 
+def paint_hints(planes, hints):
+    """Write hints into the generator's hint input planes (B, 3, h, w), the one place they are
+    encoded: each (image, rows, cols, a, b) sets its square's ab (network scale) and the mask to 1
+    there. A later hint covers an earlier one where they overlap."""
+    for i, rows, cols, a, b in hints:
+        planes[i, 0, rows, cols] = a
+        planes[i, 1, rows, cols] = b
+        planes[i, 2, rows, cols] = 1.0
+    return planes
+
+
 def hint_planes(hints, W, H, w, h, side=POINT_SIDE):
     """The generator's hint input (1, 3, h, w) for hints on a W x H photo that the network sees at
     w x h: each point becomes a side x side square (cut at the borders) of its colour's ab, with the
@@ -85,10 +100,8 @@ def hint_planes(hints, W, H, w, h, side=POINT_SIDE):
         return planes
     rgb = torch.tensor([c for _, _, c in hints], dtype=torch.float32).T[None, :, :, None]  # (1, 3, n, 1)
     ab = (rgb_to_lab(rgb)[0, 1:, :, 0] / AB_SCALE).T.tolist()                             # n x (a, b)
-    for (x, y, _), (a, b) in zip(hints, ab):
-        rows, cols = square(min(int((y + 0.5) * h / H), h - 1), min(int((x + 0.5) * w / W), w - 1), side, h, w)
-        planes[0, :, rows, cols] = torch.tensor([a, b, 1.0])[:, None, None]
-    return planes
+    return paint_hints(planes, [(0, *square(*photo_to_render(x, y, W, H, w, h), side, h, w), a, b)
+                                for (x, y, _), (a, b) in zip(hints, ab)])
 
 
 def simulate_hints(real_B, share=0.5, geom_p=0.125, max_side=9, colour_bias=0.5):
@@ -118,12 +131,8 @@ def simulate_hints(real_B, share=0.5, geom_p=0.125, max_side=9, colour_bias=0.5)
     i, a0, a1, b0, b1 = (t.to(real_B.device) for t in (img, y0, y1, x0, x1))
     sums = integral[i, :, a1, b1] - integral[i, :, a0, b1] - integral[i, :, a1, b0] + integral[i, :, a0, b0]
     means = (sums / ((a1 - a0) * (b1 - b0))[:, None]).tolist()           # n x (a, b)
-    for k, (a, b) in enumerate(means):
-        rows, cols = slice(y0[k].item(), y1[k].item()), slice(x0[k].item(), x1[k].item())
-        planes[img[k], 0, rows, cols] = a
-        planes[img[k], 1, rows, cols] = b
-        planes[img[k], 2, rows, cols] = 1.0
-    return planes
+    return paint_hints(planes, [(i, slice(r0, r1), slice(c0, c1), a, b) for i, r0, r1, c0, c1, (a, b)
+                                in zip(img.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), means)])
 
 
 # -----------------------------------------------------------------------------

@@ -43,20 +43,15 @@ def ssim(pred, truth):
                                        data_range=1.0, channel_axis=2, win_size=win))
 
 
-def ciede2000(pred, truth):
-    """Mean CIEDE2000 colour difference (Sharma et al. 2005) over the pixels, in Lab units; 0 for identical images.
-
-    About 1 is the smallest difference a viewer notices side by side; above 10 the colours are clearly different.
-    """
-    return _ciede2000_lab(*_lab_pair(pred, truth))
-
-
 def _lab_pair(pred, truth):
     _check_pair(pred, truth)
     return rgb2lab(np.asarray(pred, np.float64)), rgb2lab(np.asarray(truth, np.float64))
 
 
-def _ciede2000_lab(lab_p, lab_t):
+def ciede2000_lab(lab_p, lab_t):
+    """Mean CIEDE2000 colour difference (Sharma et al. 2005) over the pixels of two Lab images, in
+    Lab units; 0 for identical images. About 1 is the smallest difference a viewer notices side by
+    side; above 10 the colours are clearly different."""
     return float(deltaE_ciede2000(lab_t, lab_p).mean())
 
 
@@ -86,18 +81,14 @@ def colorfulness_gap(cf_pred, cf_truth):
     return pred / truth, abs(pred - truth)
 
 
-def false_colour(pred, truth, neutral=NEUTRAL_CHROMA, coloured=FALSE_CHROMA, min_share=0.01):
-    """Per cent of the truth's light neutral pixels (white and light gray: L* >= 50, chroma below
+def false_colour_lab(lab_p, lab_t, neutral=NEUTRAL_CHROMA, coloured=FALSE_CHROMA, min_share=0.01):
+    """Per cent of the truth's (Lab) light neutral pixels (white and light gray: L* >= 50, chroma below
     neutral) to which the prediction gives a clearly visible colour (chroma above coloured).
 
     It counts the blotches of colour a colorizer paints on white objects, which a mean over all
     pixels hides; 0 for the gray image. NaN (left out of means) when under min_share of the
     pixels are light neutral, so a photo without white things does not count as a success.
     """
-    return _false_colour_lab(*_lab_pair(pred, truth), neutral, coloured, min_share)
-
-
-def _false_colour_lab(lab_p, lab_t, neutral=NEUTRAL_CHROMA, coloured=FALSE_CHROMA, min_share=0.01):
     mask = (lab_t[..., 0] >= 50) & (np.hypot(lab_t[..., 1], lab_t[..., 2]) < neutral)
     if mask.mean() < min_share:
         return float("nan")
@@ -108,5 +99,5 @@ def image_metrics(pred, truth):
     """All per-image metrics of a prediction against its ground truth, as a dict (each image is
     converted to Lab once, for CIEDE2000 and false colour)."""
     lab_p, lab_t = _lab_pair(pred, truth)
-    return {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth), "ciede2000": _ciede2000_lab(lab_p, lab_t),
-            "colorfulness": colorfulness(pred), "false_colour": _false_colour_lab(lab_p, lab_t)}
+    return {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth), "ciede2000": ciede2000_lab(lab_p, lab_t),
+            "colorfulness": colorfulness(pred), "false_colour": false_colour_lab(lab_p, lab_t)}

@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from data import pad_to_multiple
+
 HINT_CHANNELS = 3  # colour hints, beside L: hint a, hint b, and a mask that is 1 where a hint is
 
 
@@ -101,10 +103,8 @@ class UnetGenerator(nn.Module):
         return 2 ** self.n_downs
 
     def pad(self, x, mode="replicate"):
-        """Pad (B, C, h, w) on the bottom and right to the next multiple, repeating the edge (L) or
-        with zeros (mode="constant", for hints); crop the output back with [..., :h, :w]."""
-        m = self.multiple
-        return F.pad(x, (0, -x.shape[-1] % m, 0, -x.shape[-2] % m), mode=mode)
+        """x padded to this network's multiple (data.pad_to_multiple)."""
+        return pad_to_multiple(x, self.multiple, mode)
 
     def forward(self, x, hints=None):
         m = self.multiple

@@ -51,7 +51,8 @@ def set_threads(cfg):
 
 
 def autocast_for(device, cfg):
-    """Mixed precision on CUDA (the dtype AMP names), plain float32 elsewhere."""
+    """Autocast to amp_dtype's precision: on CUDA the dtype AMP names, on a CPU with native bf16
+    (AVX512-BF16, AMX) bf16 when AMP is bf16; elsewhere nullcontext, plain float32."""
     dtype = amp_dtype(device, cfg)
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 

@@ -6,10 +6,11 @@ from contextlib import nullcontext
 import torch
 
 from data import lab_to_rgb, net_to_lab, to_net_input
+from checkpoint import check_finite, file_constants
 from files import UserError
 from hints import simulate_hints
 from losses import EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss, l1_loss
-from models import memory_format
+from models import imagenet_weights, load_imagenet, memory_format
 from runtime import any_rank
 
 
@@ -166,3 +167,44 @@ def step(state, batch, cfg, amp=nullcontext(), nets=None, vgg=None, perc=None, s
     else:
         state.bad_steps += 1
     return ok, losses
+
+
+# -----------------------------------------------------------------------------
+# Where a run starts from
+
+def resume(state, ckpt, path, cfg, rank, device, log, defaults, arch_keys):
+    """Load a run's checkpoint (read from path) into state, refusing one trained with another network:
+    one whose constants (file_constants, with defaults) differ from cfg in any of arch_keys."""
+    before = file_constants(ckpt, defaults)
+    changed = [f"{k}={before[k]!r} (now {cfg[k]!r})" for k in arch_keys if before[k] != cfg[k]]
+    if changed:
+        raise UserError(f"{path} was trained with a different network: {', '.join(changed)}; "
+                        f"use the same constants, another --run-dir, or --fresh")
+    state.load(ckpt, path)
+    rng = ckpt.get("rng") or {}
+    if rank == 0 and isinstance(rng.get("torch"), torch.Tensor):
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+    else:
+        torch.manual_seed(cfg["SEED"] + rank + 1000 * state.step)
+    log(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
+
+
+def start_generator(state, cfg, init, log):
+    """G and its EMA from INIT's generator (fine-tuning, init read by load_checkpoint), else for a
+    pretrained ENCODER its ImageNet weights; a unet encoder keeps its random start."""
+    if init:
+        check_finite(init["netG_ema"], cfg["INIT"], "generator")
+        state.init_generator(init["netG_ema"], cfg["INIT"])
+        added = " (with new zero-weight hint inputs)" if cfg["HINT_INPUT"] and not \
+            file_constants(init, cfg)["HINT_INPUT"] else ""
+        log(f"fine-tuning from {cfg['INIT']} (its step {init['step']}): generator and EMA from it{added}, "
+            f"discriminators and optimizers new")
+    elif cfg["ENCODER"] != "unet":
+        try:
+            load_imagenet(state.netG.encoder, imagenet_weights(cfg["ENCODER"]))
+        except ImportError as e:
+            raise UserError(f"--encoder {cfg['ENCODER']}: {e}") from None
+        state.netG_ema.load_state_dict(state.netG.state_dict())
+        log(f"generator encoder: {cfg['ENCODER']} with ImageNet weights")

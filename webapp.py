@@ -14,13 +14,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 from PIL import Image, ImageDraw  # noqa: E402
 
 from colorizer import failure_reason  # noqa: E402
-from data import (  # noqa: E402
-    BadImageError,
-    gray_version,  # noqa: E402
-    load_image,
-)
+from data import BadImageError, gray_version, load_image  # noqa: E402
 from files import UserError  # noqa: E402
-from hints import HintError, hints_json, read_hints  # noqa: E402
+from hints import HintError, hex_color, hints_json, parse_color, read_hints  # noqa: E402
 
 PRESETS = {  # name: colour of a hint; only hue and saturation count, the photo keeps its lightness
     "light skin": "#e8b898", "medium skin": "#c68a64", "dark skin": "#8a5a3c",
@@ -162,7 +158,7 @@ def build_app(colorizer):
 
     def click(session, colour, render_size, saturation, evt: gr.SelectData):
         x, y = (int(v) for v in evt.index)
-        return change_hints(session, render_size, saturation, lambda p: p["hints"] + [(x, y, normal_colour(colour))])
+        return change_hints(session, render_size, saturation, lambda p: p["hints"] + [(x, y, hex_color(parse_color(colour)))])
 
     def remove(session, ticked, render_size, saturation):
         drop = {int(t.split(":", 1)[0]) - 1 for t in ticked or []}
@@ -175,7 +171,7 @@ def build_app(colorizer):
     def load_hints(session, file, render_size, saturation):
         path = file if isinstance(file, str) else file.name
         return change_hints(session, render_size, saturation,
-                            lambda p: [(x, y, normal_colour(c)) for x, y, c in read_hints(path)])
+                            lambda p: [(x, y, hex_color(parse_color(c))) for x, y, c in read_hints(path)])
 
     with gr.Blocks(title="colorizer") as app:
         app.temp_root = root
@@ -225,14 +221,6 @@ def save_fast(img, path):
     return its path: the page shows these files as they are, never re-encoded."""
     img.save(path, format="PNG", compress_level=1)
     return path
-
-
-def normal_colour(colour):
-    """A colour from the page or a file as '#rrggbb' (the colour picker may send rgba(...) text)."""
-    if isinstance(colour, str) and colour.startswith("rgb"):
-        values = [float(v) for v in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
-        return "#" + "".join(f"{round(v):02x}" for v in values)
-    return colour
 
 
 def serve(colorizer, host="127.0.0.1", port=7860):

@@ -67,7 +67,7 @@ for k, scale in enumerate(["H x W", "H/2 x W/2", "H/4 x W/4"]):
     if k:
         arrow(280, y + 20, 300, y + 20)
     x = 300
-    for j, c in enumerate(["ndf", "2ndf", "4ndf", "8ndf s1"]):
+    for c in ["ndf", "2ndf", "4ndf", "8ndf s1"]:
         box(x, y, 95, 40, f"conv4 {c}", "#f3d1f3", small)
         arrow(x + 95, y + 20, x + 115, y + 20)
         x += 115

@@ -120,7 +120,7 @@ def test_kill9_at_several_points_then_resume_finishes(tmp_path):
     step_before = None
     for k, stop_at in ((2, 4), (3, 8)):
         proc = start(script, args, tmp_path / f"out{k}.txt")
-        wait_for(proc, lambda: logged_steps(run_dir) >= stop_at, f"step {stop_at}")
+        wait_for(proc, lambda n=stop_at: logged_steps(run_dir) >= n, f"step {stop_at}")
         kill9(proc)
         step = saved_step(run_dir)
         assert step % 3 == 0 and step >= stop_at - 3

@@ -1,10 +1,15 @@
 """Each loss against a value computed by hand."""
+import copy
 import math
 
 import pytest
 import torch
 
-from losses import VGGLoss, feature_matching_loss, gan_loss, l1_loss
+import colorize_base as cb
+import training
+from conftest import tiny_cfg
+from data import lab_to_net, rgb_to_lab
+from losses import LOSS_NAMES, VGGLoss, feature_matching_loss, gan_loss, l1_loss
 
 
 def _pred(*logit_lists):
@@ -71,6 +76,23 @@ def test_feature_matching_detaches_real():
 
 def test_l1():
     assert l1_loss(torch.tensor([0.5, -0.5]), torch.tensor([0.0, 0.5])).item() == pytest.approx(0.75)
+
+
+def test_the_step_weighs_l1_on_ab_by_lambda_l1(tmp_path):
+    """train_step's loss_G_L1 is LAMBDA_L1 times the mean |fake_B - real_B| of the generator it
+    trains, on ab alone (what pix2pix weighs), and its GAN losses are 0 in the NoGAN phase."""
+    cfg = tiny_cfg(tmp_path, tmp_path / "run", 1, "--lambda-l1", "7", "--nogan-steps", "1")
+    torch.manual_seed(0)
+    state = cb.build_state(cfg, torch.device("cpu"))
+    netG = copy.deepcopy(state.netG).train()
+    real_A, real_B = lab_to_net(rgb_to_lab(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))))
+    with torch.no_grad():
+        expected = 7 * (netG(real_A) - real_B).abs().mean()
+    ok, losses = training.train_step(state, real_A, real_B, cfg)
+    assert ok
+    named = dict(zip(LOSS_NAMES, losses.tolist()))
+    assert named["loss_G_L1"] == pytest.approx(expected.item(), rel=1e-5)
+    assert named["loss_D_real"] == named["loss_D_fake"] == named["loss_G_GAN"] == named["loss_G_FM"] == 0
 
 
 def test_vgg_loss_without_weights_says_how_to_provide_them(tmp_path):
