@@ -334,6 +334,27 @@ def bench_infer(cfg, sizes, repeats, warmup, device_name, render_size):
     return results
 
 
+def compare_infer(cfg, changes, sizes, repeats, device_name, render_size):
+    """Colorizer.colorize latency of the old and the new network of a change, for each (h, w) photo
+    size, the two timed in turn in this process (as compare_train). Returns {"HxW": [old s, new s]}."""
+    device = torch.device(device_name)
+    variants = [{**cfg, **{k: v[i] for k, v in changes.items()}} for i in (0, 1)]
+    colorizers = [random_colorizer(c, device, render_size) for c in variants]
+    result = {}
+    for h, w in sizes:
+        rgb = synthetic_photo(max(h, w))[:h, :w]
+        times = [[], []]
+        for c in colorizers:
+            c.colorize(rgb)  # warm-up
+        for _ in range(repeats):
+            for k, c in enumerate(colorizers):
+                t0 = time.perf_counter()
+                c.colorize(rgb)
+                times[k].append(time.perf_counter() - t0)
+        result[f"{h}x{w}"] = [statistics.median(t) for t in times]
+    return result
+
+
 def bench_huge_file(cfg, px, device_name, render_size, folder):
     """--infer on one px x px PNG, from reading the file to writing the PNG: seconds and peak memory
     (the process's peak RSS on CPU: run it isolated)."""
@@ -467,9 +488,10 @@ def main(argv=None):
         print(f"error: --set: {e}", file=sys.stderr)
         return 2
     cfg = {**cb.CONSTANTS, "NGF": args.ngf, "NDF": args.ndf, **fixed}
-    bad = [s for s in args.sizes if s % 2 ** cfg["N_DOWNS"]]
+    multiple = build_generator(cfg).multiple
+    bad = [s for s in args.sizes if s % multiple]
     if bad:
-        print(f"error: --sizes must be multiples of 2**N_DOWNS = {2 ** cfg['N_DOWNS']}, got {bad}", file=sys.stderr)
+        print(f"error: --sizes must be multiples of the generator's stride {multiple}, got {bad}", file=sys.stderr)
         return 2
     if args.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the benchmark processes started below
@@ -484,15 +506,28 @@ def main(argv=None):
             print(f"error: --compare: {e}", file=sys.stderr)
             return 2
         result = compare_train(cfg, changes, args.sizes[0], batches[0], steps, warmup, str(device))
+        result["infer_s"] = compare_infer(cfg, changes, [(256, 256), (1024, 1024), (3072, 4096)], args.repeats,
+                                          str(device), args.render_size)
         print(format_compare(result, machine_info(device)))
         write_json({"machine": machine_info(device), "compare": result}, args.out)
         return 0
+    report = full_report(cfg, args, device, batches, steps, warmup)
+    print(format_report(report))
+    write_json(report, args.out)
+    return 0
+
+
+def full_report(cfg, args, device, batches, steps, warmup):
+    """Every measurement of the default report: machine peaks, training steps at each size and batch,
+    the largest batch, inference at each size and on huge files."""
+    cuda = device.type == "cuda"
     files, data_note = resolve_data(args.data)
     isolate = device.type == "cpu" and not args.no_isolate
     dtype = amp_dtype(device, cfg)
 
     report = {"machine": machine_info(device), "num_D": cfg["NUM_D"], "render_size": args.render_size,
-              "model": f"NGF {cfg['NGF']}, NDF {cfg['NDF']}, NUM_D {cfg['NUM_D']}, N_DOWNS {cfg['N_DOWNS']}, "
+              "model": f"ENCODER {cfg['ENCODER']}, NGF {cfg['NGF']}, NDF {cfg['NDF']}, NUM_D {cfg['NUM_D']}, "
+                       f"N_DOWNS {cfg['N_DOWNS']}, "
                        f"ATTN_FACTORS {cfg['ATTN_FACTORS']}, compute {str(dtype).removeprefix('torch.')}",
               "data": data_note, "mem_budget_gb": args.mem_budget_gb, "train": [], "infer": []}
     report["matmul"] = {"flops_per_s": matmul_flops_per_s(device, dtype), "dtype": str(dtype).removeprefix("torch."),
@@ -523,9 +558,7 @@ def main(argv=None):
             report.setdefault("huge", []).append(run_isolated(bench_huge_file, *call) if isolate
                                                  else bench_huge_file(*call))
 
-    print(format_report(report))
-    write_json(report, args.out)
-    return 0
+    return report
 
 
 def write_json(report, path):
@@ -562,7 +595,9 @@ def format_compare(r, m):
         f"interleaved",
         f"old: {old:.2f} img/s ({r['compute'][0]})   new: {new:.2f} img/s ({r['compute'][1]})   speed-up {new / old:.2f}x",
         f"first-step losses, largest difference: {r['max_loss_difference']:.2e} "
-        f"(old {['%.4f' % v for v in r['first_step_losses'][0]]}, new {['%.4f' % v for v in r['first_step_losses'][1]]})"])
+        f"(old {['%.4f' % v for v in r['first_step_losses'][0]]}, new {['%.4f' % v for v in r['first_step_losses'][1]]})",
+        "inference (Colorizer.colorize, median s), old / new: " + ", ".join(
+            f"{size} {old_s:.3f} / {new_s:.3f}" for size, (old_s, new_s) in r.get("infer_s", {}).items())])
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ from data import training_data
 from evaluate import evaluate
 from files import UserError, remove_stale_temporaries
 from models import build_discriminator, build_generator, memory_format
-from runtime import (CSVLog, amp_dtype, any_rank, autocast_for, init_distributed, lock_run_dir, make_loader, rng_state,
-                     save_sample_grid, set_threads, sigterm_as_interrupt, stop_signals)
+from runtime import (CSVLog, any_rank, autocast_for, describe_device, init_distributed, lock_run_dir, make_loader,
+                     rng_state, save_sample_grid, set_threads, sigterm_as_interrupt, stop_signals)
 from training import build_perceptual, build_vgg, resume, start_generator, step
 
 # -----------------------------------------------------------------------------
@@ -309,7 +309,6 @@ def _train(cfg, fresh, rank, world, device):
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     log = tqdm.write if master else (lambda msg: None)
     torch.manual_seed(cfg["SEED"] + rank)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # one crop size: let cuDNN time its kernels once
     dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
     cfg, state = start_state(cfg, ckpt_path, fresh, rank, device, log)
     vgg, perc, amp = build_vgg(cfg, device), build_perceptual(cfg, device), autocast_for(device, cfg)
@@ -321,17 +320,12 @@ def _train(cfg, fresh, rank, world, device):
         return state.step
     loader = make_loader(dataset, weights, batch_size, state, cfg, rank, world, device)
     nets = wrap_for_processes(state, cfg, world, device)
-    precision = str(amp_dtype(device, cfg)).removeprefix("torch.")
-    threads = f"{torch.get_num_threads()} threads, " if device.type == "cpu" else ""
-    log(f"training on {world} x {device} ({threads}{precision}): {len(dataset)} images, batch "
+    log(f"training on {world} x {describe_device(device, cfg)}: {len(dataset)} images, batch "
         f"{batch_size} x {world}, {steps_per_epoch} steps/epoch, steps {state.step} -> {total_steps}, run dir {run_dir}")
 
     def save():
         if master:
-            try:
-                state.save(ckpt_path, cfg, rng_state(device))
-            except UserError as e:
-                raise UserError(f"{e}; the previous checkpoint is kept") from None
+            save_run(state, ckpt_path, cfg, device)
 
     bad_in_row = 0
     with stop_signals(log) as stop, tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
@@ -345,11 +339,7 @@ def _train(cfg, fresh, rank, world, device):
             ok, losses = step(state, batch, cfg, amp, nets, vgg, perc, steps_per_epoch)
             bad_in_row = 0 if ok else bad_in_row + 1
             if not ok:
-                log(f"warning: non-finite loss or gradient at step {state.step}; step skipped "
-                    f"({bad_in_row} in a row, {state.bad_steps} in all)")
-                if bad_in_row >= cfg["MAX_BAD_STEPS"]:
-                    raise UserError(f"{bad_in_row} steps in a row had a non-finite loss or gradient; stopping. "
-                                    f"The last good checkpoint is {ckpt_path}; try lower learning rates or --amp off")
+                warn_skipped(state, bad_in_row, cfg, ckpt_path, log)
                 t_data = time.time()
                 continue
             values = losses.cpu()
@@ -374,6 +364,23 @@ def _train(cfg, fresh, rank, world, device):
             t_data = time.time()
     log(f"done: step {state.step}, checkpoint {ckpt_path}")
     return state.step
+
+
+def save_run(state, ckpt_path, cfg, device):
+    """Write the run's checkpoint; when that fails, the previous one is kept and the error says so."""
+    try:
+        state.save(ckpt_path, cfg, rng_state(device))
+    except UserError as e:
+        raise UserError(f"{e}; the previous checkpoint is kept") from None
+
+
+def warn_skipped(state, bad_in_row, cfg, ckpt_path, log):
+    """Log a skipped non-finite step; stop after MAX_BAD_STEPS of them in a row."""
+    log(f"warning: non-finite loss or gradient at step {state.step}; step skipped "
+        f"({bad_in_row} in a row, {state.bad_steps} in all)")
+    if bad_in_row >= cfg["MAX_BAD_STEPS"]:
+        raise UserError(f"{bad_in_row} steps in a row had a non-finite loss or gradient; stopping. "
+                        f"The last good checkpoint is {ckpt_path}; try lower learning rates or --amp off")
 
 
 def wrap_for_processes(state, cfg, world, device):

@@ -92,15 +92,7 @@ class Colorizer:
             return lab_to_net(rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None]))[0], a
 
         h, w = render_shape(H, W, render_size)
-        planes = None  # the hint input, checked before any work
-        if hints:
-            if not self.takes_hints:
-                raise HintError("this model takes no colour hints (it was trained without HINT_INPUT; "
-                                "fine-tune it with --hint-input true, see the README)")
-            planes = hint_planes(hints, W, H, w, h)
-            if saturation > 0:  # in the network's own (muted) scale, so that step 2's gain gives the hinted colour back
-                planes[:, :2] /= saturation
-            planes = self.netG.pad(planes.to(self.device), mode="constant")
+        planes = self._hint_input(hints, W, H, w, h, saturation) if hints else None  # checked before any work
 
         # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
         #    each band is averaged across the width here, the rows below, so full-size L is never held
@@ -131,6 +123,16 @@ class Colorizer:
         if alpha is not None:
             result.putalpha(Image.fromarray(alpha))
         return result
+
+    def _hint_input(self, hints, W, H, w, h, saturation):
+        """The generator's hint planes for hints on a W x H photo rendered at w x h, padded, on the device."""
+        if not self.takes_hints:
+            raise HintError("this model takes no colour hints (it was trained without HINT_INPUT; "
+                            "fine-tune it with --hint-input true, see the README)")
+        planes = hint_planes(hints, W, H, w, h)
+        if saturation > 0:  # in the network's own (muted) scale, so that the gain gives the hinted colour back
+            planes[:, :2] /= saturation
+        return self.netG.pad(planes.to(self.device), mode="constant")
 
 
 def _upsample_rows(x, y0, y1, H):

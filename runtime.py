@@ -50,6 +50,12 @@ def set_threads(cfg):
     return n
 
 
+def describe_device(device, cfg):
+    """'cpu (2 threads, bfloat16)' or 'cuda:0 (bfloat16)': where and in what precision training runs."""
+    threads = f"{torch.get_num_threads()} threads, " if device.type == "cpu" else ""
+    return f"{device} ({threads}{str(amp_dtype(device, cfg)).removeprefix('torch.')})"
+
+
 def autocast_for(device, cfg):
     """Autocast to amp_dtype's precision: on CUDA the dtype AMP names, on a CPU with native bf16
     (AVX512-BF16, AMX) bf16 when AMP is bf16; elsewhere nullcontext, plain float32."""
@@ -68,9 +74,11 @@ def any_rank(flag, device):
 
 def init_distributed(cfg):
     """(rank, world size, device): from torchrun's environment, else (0, 1, the chosen device).
-    One process per GPU with NCCL; on CPU, gloo (for testing the multi-process path)."""
+    One process per GPU with NCCL; on CPU, gloo (for testing the multi-process path). Training uses
+    one crop size, so cuDNN may time its kernels once (benchmark mode)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(cfg["DEVICE"])
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     if world == 1:
         return 0, 1, device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])

@@ -79,7 +79,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     # G step, with D frozen
     plainD.requires_grad_(False)
     with amp:
-        loss_G_GAN = loss_G_FM = loss_G_VGG = loss_G_perc = loss_G_CF = zero
+        loss_G_GAN = loss_G_FM = zero
         if gan:
             pred_fake = plainD(torch.cat([real_A, fake_B], dim=1))
             if not cfg["FM_FROM_D_STEP"]:
@@ -88,14 +88,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
             loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
             loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
         loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
-        if vgg is not None or perc is not None or cfg["LAMBDA_CF"] > 0:
-            fake_rgb, real_rgb = lab_to_rgb(net_to_lab(real_A, fake_B.float())), lab_to_rgb(net_to_lab(real_A, real_B))
-            if vgg is not None:
-                loss_G_VGG = vgg(fake_rgb, real_rgb) * cfg["LAMBDA_VGG"]
-            if perc is not None:
-                loss_G_perc = perc(fake_rgb, real_rgb) * cfg["LAMBDA_PERC"]
-            if cfg["LAMBDA_CF"] > 0:
-                loss_G_CF = colourfulness_loss(fake_rgb) * cfg["LAMBDA_CF"]
+        loss_G_VGG, loss_G_perc, loss_G_CF = image_losses(real_A, fake_B, real_B, cfg, vgg, perc)
         loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF
     optG.zero_grad(set_to_none=True)
     if ok:
@@ -109,6 +102,18 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     scaler.update()
     return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG, loss_G_perc,
                             loss_G_CF]).float().detach()
+
+
+def image_losses(real_A, fake_B, real_B, cfg, vgg=None, perc=None):
+    """The generator's losses on the colorized photo in RGB, weighted: (VGG perceptual, EfficientNet
+    perceptual, colourfulness), each 0 when off."""
+    zero = torch.zeros((), device=real_A.device)
+    if vgg is None and perc is None and cfg["LAMBDA_CF"] <= 0:
+        return zero, zero, zero
+    fake_rgb, real_rgb = lab_to_rgb(net_to_lab(real_A, fake_B.float())), lab_to_rgb(net_to_lab(real_A, real_B))
+    return (zero if vgg is None else vgg(fake_rgb, real_rgb) * cfg["LAMBDA_VGG"],
+            zero if perc is None else perc(fake_rgb, real_rgb) * cfg["LAMBDA_PERC"],
+            colourfulness_loss(fake_rgb) * cfg["LAMBDA_CF"] if cfg["LAMBDA_CF"] > 0 else zero)
 
 
 def net_batch(batch_uint8, device, cfg):

@@ -76,6 +76,20 @@ def test_compare_of_an_exact_change_gives_equal_first_step_losses():
     assert inexact["max_loss_difference"] > 0  # the feature-matching targets differ: D before / after its update
 
 
+def test_compare_times_inference_of_both_networks():
+    r = bench.compare_infer(TINY, {"NGF": (8, 16)}, [(32, 48), (64, 64)], repeats=1, device_name="cpu", render_size=32)
+    assert set(r) == {"32x48", "64x64"} and all(len(v) == 2 and min(v) > 0 for v in r.values())
+
+
+def test_bench_times_the_step_that_training_runs(monkeypatch):
+    """The benchmark's step is training.step itself (hints, EMA warm-up and all), not a copy."""
+    calls = []
+    real = bench.training.step
+    monkeypatch.setattr(bench.training, "step", lambda *a, **k: calls.append(a[2]["HINT_INPUT"]) or real(*a, **k))
+    bench.bench_train({**TINY, "HINT_INPUT": True}, 32, 2, steps=1, warmup=1, device_name="cpu")
+    assert calls == [True, True]
+
+
 def test_compare_and_set_arguments_are_typed_like_the_command_line():
     assert bench.parse_changes(["amp=off,bf16", "CHANNELS_LAST=false,true"]) == \
         {"AMP": ("off", "bf16"), "CHANNELS_LAST": (False, True)}
