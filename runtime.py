@@ -191,23 +191,23 @@ class CSVLog:
         self.path, self.enabled = path, enabled
         self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
         if enabled:
-            rows = self._read()
+            rows, same_columns = self._read()
             kept = [r for r in rows if len(r) == len(self.COLUMNS) and r[0].isdigit() and int(r[0]) <= step]
-            if kept != rows or not rows:  # a kill can leave rows past the checkpoint, or a row cut short
-                self._rewrite(kept)
+            if kept != rows or not rows or not same_columns:  # a kill can leave rows past the checkpoint,
+                self._rewrite(kept)                           # or a row cut short
 
     def _read(self):
-        """The rows, in COLUMNS order: a log written with other columns (an older version) is mapped
-        by its header, a column it lacks left empty."""
+        """(rows in COLUMNS order, whether the file has these columns): a log written with other
+        columns (an older version) is mapped by its header, a column it lacks left empty."""
         if not os.path.exists(self.path):
-            return []
+            return [], True
         with open(self.path, newline="") as f:
             header, *rows = list(csv.reader(f)) or [[]]
         if list(header) == list(self.COLUMNS):
-            return rows
+            return rows, True
         where = {name: i for i, name in enumerate(header)}
         return [[r[where[c]] if c in where and where[c] < len(r) else "" for c in self.COLUMNS]
-                for r in rows if len(r) == len(header)]
+                for r in rows if len(r) == len(header)], False
 
     def _rewrite(self, rows):
         text = ",".join(self.COLUMNS) + "\r\n" + "".join(",".join(r) + "\r\n" for r in rows)

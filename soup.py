@@ -16,7 +16,7 @@ import sys
 import torch
 
 import colorize_base as cb
-from checkpoint import check_finite, generator_from, load_checkpoint, write_model
+from checkpoint import check_finite, file_constants, generator_from, load_checkpoint, write_model
 from files import UserError
 
 POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
@@ -29,7 +29,7 @@ def soup_state(paths):
     ckpts = [load_checkpoint(p) for p in paths]
 
     def network(ckpt, key):
-        return ckpt["cfg"].get(key, cb.CONSTANTS[key])
+        return file_constants(ckpt, cb.CONSTANTS)[key]
 
     for path, ckpt in zip(paths[1:], ckpts[1:]):
         for k in cb.G_ARCH_KEYS + ("HINT_INPUT",):
