@@ -36,7 +36,7 @@ from colorizer import Colorizer, pick_device, save_png
 from data import ColorizationDataset, find_images
 from files import UserError
 from models import build_generator
-from runtime import amp_dtype, autocast_for
+from runtime import amp_dtype, autocast_for, wrap_for_processes
 from training import build_perceptual, build_vgg
 
 DESIGN_DOC = {128: 150, 256: 25}  # images per batch the design document fits on a 16 GB GPU, by crop size
@@ -149,7 +149,7 @@ def training_stepper(cfg, device, batches, seed=0):
     batch; the function returns (seconds waited for data, the step's losses)."""
     torch.manual_seed(seed)
     state = cb.build_state(cfg, device)
-    nets = cb.wrap_for_processes(state, cfg, 1, device)
+    nets = wrap_for_processes(state, cfg, 1, device)
     amp, vgg, perc = autocast_for(device, cfg), build_vgg(cfg, device), build_perceptual(cfg, device)
 
     def one_step():

@@ -24,7 +24,6 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import losses
@@ -36,7 +35,7 @@ from evaluate import evaluate
 from files import UserError, remove_stale_temporaries
 from models import build_discriminator, build_generator, memory_format
 from runtime import (CSVLog, any_rank, autocast_for, describe_device, init_distributed, lock_run_dir, make_loader,
-                     rng_state, save_sample_grid, set_threads, sigterm_as_interrupt, stop_signals)
+                     rng_state, save_sample_grid, set_threads, sigterm_as_interrupt, stop_signals, wrap_for_processes)
 from training import build_perceptual, build_vgg, resume, start_generator, step
 
 # -----------------------------------------------------------------------------
@@ -381,20 +380,6 @@ def warn_skipped(state, bad_in_row, cfg, ckpt_path, log):
     if bad_in_row >= cfg["MAX_BAD_STEPS"]:
         raise UserError(f"{bad_in_row} steps in a row had a non-finite loss or gradient; stopping. "
                         f"The last good checkpoint is {ckpt_path}; try lower learning rates or --amp off")
-
-
-def wrap_for_processes(state, cfg, world, device):
-    """(netG, netD) in train mode, a pretrained encoder held fixed for the first FREEZE_STEPS steps,
-    wrapped in DistributedDataParallel under torchrun. Called again when the encoder is released:
-    DDP records which parameters train when it wraps."""
-    if hasattr(state.netG, "freeze_encoder"):
-        state.netG.freeze_encoder(state.step < cfg["FREEZE_STEPS"])
-    state.netG.train()
-    state.netD.train()
-    if world == 1:
-        return state.netG, state.netD
-    ids = [device.index] if device.type == "cuda" else None
-    return DDP(state.netG, device_ids=ids), DDP(state.netD, device_ids=ids)
 
 
 # -----------------------------------------------------------------------------

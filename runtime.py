@@ -1,6 +1,6 @@
 """The plumbing of a training run, apart from the step itself: devices, threads and precision,
-processes under torchrun, the run folder's lock, stop signals, the data order that resumes exactly,
-the CSV log and the sample grids."""
+processes under torchrun (start, DistributedDataParallel, agreeing on a stop), the run folder's
+lock, stop signals, the data order that resumes exactly, the CSV log and the sample grids."""
 import csv
 import os
 import signal
@@ -9,6 +9,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import save_image
 
 from colorizer import pick_device
@@ -251,3 +252,17 @@ def make_loader(dataset, weights, batch_size, state, cfg, rank, world, device):
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg["NUM_WORKERS"] > 0,
         generator=torch.Generator().manual_seed(cfg["SEED"] + state.step + 1_000_003 * rank),
         worker_init_fn=_ignore_stop_signals)
+
+
+def wrap_for_processes(state, cfg, world, device):
+    """(netG, netD) in train mode, a pretrained encoder held fixed for the first FREEZE_STEPS steps,
+    wrapped in DistributedDataParallel under torchrun. Called again when the encoder is released:
+    DDP records which parameters train when it wraps."""
+    if hasattr(state.netG, "freeze_encoder"):
+        state.netG.freeze_encoder(state.step < cfg["FREEZE_STEPS"])
+    state.netG.train()
+    state.netD.train()
+    if world == 1:
+        return state.netG, state.netD
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(state.netG, device_ids=ids), DDP(state.netD, device_ids=ids)
