@@ -237,15 +237,19 @@ def batch(seed):
     return lab_to_net(rgb_to_lab(torch.rand(2, 3, 32, 32, generator=g)))
 
 
+def loader_batch(seed):
+    """Two random 32 x 32 colour images as the loader gives them: uint8 RGB (2, 3, 32, 32)."""
+    return torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
 @pytest.fixture
 def state_and_cfg(tmp_path):
     """A tiny TrainState after one good step and its EMA update, so the optimizers have state to lose."""
     cfg = tiny_cfg(tmp_path, tmp_path / "run", 1)
     torch.manual_seed(0)
     state = cb.build_state(cfg, CPU)
-    ok, _ = training.train_step(state, *batch(0), cfg)
-    assert ok
-    training.update_ema(state.netG_ema, state.netG, training.ema_decay(cfg, 1))
+    ok, _ = training.step(state, loader_batch(0), cfg)  # the step training runs: train_step, counters, EMA
+    assert ok and state.step == 1
     return state, cfg
 
 
@@ -364,11 +368,8 @@ def _agreement_worker(rank, folder, cfg):
                 training.gan_loss = discriminator_side(lambda loss: loss + math.inf)
             if rank == bad_rank and which == "G":
                 training.l1_loss = lambda fake_B, real_B: losses.l1_loss(fake_B, real_B) + math.inf
-            ok, _ = training.train_step(state, *batch(100 * rank + step), cfg, nets=nets)
+            ok, _ = training.step(state, loader_batch(100 * rank + step), cfg, nets=nets)
             oks.append(ok)
-            if ok:
-                state.step += 1
-                training.update_ema(state.netG_ema, state.netG, training.ema_decay(cfg, state.step))
         stops = [runtime.any_rank(rank == 0, CPU), runtime.any_rank(rank == 1, CPU), runtime.any_rank(False, CPU)]
         torch.save({"oks": oks, "stops": stops, "initial": initial,
                     **{k: getattr(state, k).state_dict() for k in ("netG", "netD", "netG_ema", "optG", "optD")}},
