@@ -7,12 +7,13 @@ file was made with, old files' missing ones filled in; load_generator rebuilds i
 """
 import io
 import os
+import stat
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from files import UserError, atomic_write, describe_os_error
+from files import UserError, atomic_write, check_writable_target, describe_os_error, refuse_inputs_as_output
 from models import build_generator, with_hint_input
 
 FORMAT_VERSION = 1
@@ -41,10 +42,16 @@ def short_reason(error, width=150):
 def load_checkpoint(path):
     """Read a checkpoint or exported model without running code from it (weights_only=True), and
     check the fields every reader relies on."""
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the weights file: {describe_os_error(e)}") from None
+    if stat.S_ISDIR(mode):
         raise UserError(f"{path}: is a folder, not a weights file (pass --weights FILE)")
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)")
+    if not stat.S_ISREG(mode):  # never opened: a FIFO would block, a device read for ever
+        raise UserError(f"{path}: not a regular file (a pipe, socket or device), so not read as a weights file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere inside the unpickler (KeyError, UnpicklingError...)
@@ -121,7 +128,10 @@ def write_model(out, cfg, step, netG_state, about=None):
 
 def export(weights, out, about=None):
     """Keep only the EMA generator and the constants, in float16: the file we ship. about: a note on
-    what the model was trained on (None keeps the one WEIGHTS has, if any). Returns its step."""
+    what the model was trained on (None keeps the one WEIGHTS has, if any). Returns its step.
+    Refused before anything is read when out is weights itself (under any name) or not a regular file."""
+    refuse_inputs_as_output(out, [weights], "--export file")
+    check_writable_target(out, "model")
     ckpt = load_checkpoint(weights)
     check_finite(ckpt["netG_ema"], weights, "generator")
     step = ckpt["step"]

@@ -229,6 +229,16 @@ def check_config(cfg):
     for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "ENCODER_LR_MULT"):
         need(cfg[name] >= 0, name, "0 or more")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")
+    # upper bounds: far beyond any real use, low enough that no allocation or thread pool blows up
+    for names, most in ((("IMAGE_SIZE", "BATCH_SIZE"), 4096), (("RENDER_SIZE",), 8192), (("EVAL_SIZE",), 16384),
+                        (("NGF", "NDF", "THREADS"), 1024), (("NUM_D",), 8), (("N_LAYERS_D",), 10),
+                        (("NUM_SAMPLES", "NUM_WORKERS", "HINT_PATCH"), 256), (("MAX_PIXELS",), 4_000_000_000),
+                        (("EPOCHS", "MAX_BAD_STEPS"), 10 ** 9), (("LR_G", "LR_D"), 1.0), (("SATURATION",), 100.0),
+                        (("MAX_STEPS", "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "FREEZE_STEPS", "NOGAN_STEPS"), 10 ** 12),
+                        (("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF"), 1e6),
+                        (("ENCODER_LR_MULT", "HINT_LR_MULT"), 1e3)):
+        for name in names:
+            need(cfg[name] <= most, name, f"at most {most if isinstance(most, int) else f'{most:g}'}")
     need(cfg["ENCODER"] in models.ENCODERS, "ENCODER", ", ".join(models.ENCODERS))
     unet = cfg["ENCODER"] == "unet"
     need(unet or cfg["NGF"] % 2 == 0, "NGF", "even with a pretrained ENCODER")
@@ -392,7 +402,7 @@ def hints_argument(args):
     if not (args.infer or args.eval):
         raise UserError("--hints is for --infer (a hints file) and --eval (a number of hints)")
     if args.eval:
-        if not args.hints.isdigit():
+        if not re.fullmatch(r"[0-9]+", args.hints):
             raise UserError(f"--hints with --eval must be a whole number of hints per photo, got {args.hints!r}")
         return int(args.hints)
     return 0

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from checkpoint import load_generator
 from data import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
                   open_image, render_shape, rgb_to_lab, unique_files)
-from files import UserError, atomic_write, describe_os_error
+from files import UserError, atomic_write, describe_os_error, make_folders
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "colorizer.pt")
@@ -186,21 +186,24 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
     Colour hints come from hints_file (one input photo only), else from photo.hints.json beside each
     photo when there is one. A file that fails (or its hints) is reported by name and the others
     still run. Returns the number that failed."""
-    files, failed = [], []
+    files, failed, unreadable = [], [], []
     for p in inputs:  # a missing input is reported, the others still run
         try:
-            files += find_images([p])
+            files += find_images([p], unreadable)
         except FileNotFoundError:
             failed.append((p, "no such file, folder or pattern"))
+    failed += [(folder, f"cannot read this folder ({why}), so the photos in it were not colorized")
+               for folder, why in unreadable]
     files = unique_files(files)  # one real file once, across inputs too
     if hints_file and len(files) + len(failed) != 1:
         raise UserError(f"--hints {hints_file} is for one photo, got {len(files) + len(failed)}; for many photos "
                         f"put photo{SIDECAR_SUFFIX} beside each photo.jpg")
     make_output_dir(out_dir)
-    targets = output_paths(inputs, files, out_dir)
+    targets = output_paths(inputs, files, out_dir, others=[hints_file] if hints_file else [])
     n_ok = 0
     for f in tqdm(files, desc="colorize", unit="img", dynamic_ncols=True):
-        source = hints_file or (sidecar_path(f) if os.path.isfile(sidecar_path(f)) else None)
+        sidecar = sidecar_path(f)
+        source = hints_file or (sidecar if os.path.lexists(sidecar) else None)  # not a file: read_hints says so
         try:
             hints = read_hints(source) if source else None
             try:
@@ -213,7 +216,8 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
             if debug and not isinstance(e, (BadImageError, UserError)):
                 raise
             failed.append((f, failure_reason(f, e)))
-    print(f"colorized {n_ok} of {n_ok + len(failed)} files into {out_dir}")
+    folders = f"; {len(unreadable)} folder(s) could not be read" if unreadable else ""
+    print(f"colorized {n_ok} of {n_ok + len(failed) - len(unreadable)} files into {out_dir}{folders}")
     if failed:
         print(f"{len(failed)} failed:", file=sys.stderr)
     for f, why in failed:
@@ -221,13 +225,14 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
     return len(failed)
 
 
-def output_paths(inputs, files, out_dir):
+def output_paths(inputs, files, out_dir, others=()):
     """Output path for each file: folders are mirrored under out_dir so equal names never collide,
-    a file is never written over an input, and two inputs never share an output. Files are compared
-    as real files (symlinks resolved, hard links by inode), not as spelled paths."""
+    a file is never written over an input (nor over others, the command's other input files), and
+    two inputs never share an output. Files are compared as real files (symlinks resolved, hard
+    links by inode), not as spelled paths."""
     roots = [os.path.abspath(p) for p in inputs if os.path.isdir(p)]
-    inodes = {(st.st_dev, st.st_ino) for st in map(_stat_or_none, files) if st}
-    taken = {os.path.realpath(f) for f in files}
+    inodes = {(st.st_dev, st.st_ino) for st in map(_stat_or_none, [*files, *others]) if st}
+    taken = {os.path.realpath(f) for f in [*files, *others]}
     result = {}
     for f in files:
         af = os.path.abspath(f)
@@ -259,7 +264,7 @@ def _stat_key(path):
 def save_png(img, path):
     """Save a PIL image as PNG, all or nothing, creating its folder; UserError saying why it cannot."""
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_folders(os.path.dirname(path))
     except OSError as e:
         raise UserError(f"cannot write the output {path}: {describe_os_error(e)}") from None
     atomic_write(path, lambda f: img.save(f, format="PNG"), "output")
@@ -268,7 +273,7 @@ def save_png(img, path):
 def make_output_dir(path):
     """Create an output folder, or stop with a message naming it."""
     try:
-        os.makedirs(path, exist_ok=True)
+        make_folders(path)
     except OSError as e:
         raise UserError(f"cannot create output folder {path}: {describe_os_error(e)}") from None
     return path

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from files import UserError
+from files import UserError, describe_os_error
 
 IMG_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -92,28 +92,69 @@ def is_image_file(path):
     return os.path.splitext(path)[1].lower() in IMG_EXTENSIONS
 
 
-def find_images(paths):
+def find_images(paths, unreadable=None):
     """Expand files, folders (recursive) and glob patterns into a sorted list of image paths, each
     real file once however many names (symlinks, overlapping patterns) lead to it.
 
     A path that matches nothing raises FileNotFoundError naming it. A named path that is not a
-    regular file (a FIFO, socket or device) is kept, so that loading it names it as such.
+    regular file (a FIFO, socket or device) is kept, so that loading it names it as such. A folder
+    that cannot be read (permission denied, a path too long) is appended to unreadable as
+    (folder, reason) and the others are still searched; without that list it raises UserError.
     """
+    bad = [] if unreadable is None else unreadable
     found = []
     for p in paths:
         p = os.path.expanduser(str(p))
         if os.path.isdir(p):
-            for root, _, files in os.walk(p):  # symlinked folders are not followed: no loops
+            for root, files in walk_files(p, bad):  # symlinked folders are not followed: no loops
                 found += [os.path.join(root, f) for f in files if is_image_file(f)]
         elif os.path.lexists(p):
             found.append(p)  # named explicitly: let loading say if it is not an image
         else:
-            matches = _glob_recursive(p) if "**" in p else glob.glob(p)
+            n_bad = len(bad)
+            matches = _glob_recursive(p, bad) if "**" in p else glob.glob(p)
             matches = [m for m in matches if not os.path.isdir(m)]
-            if not matches:
+            if not matches and len(bad) == n_bad:
                 raise FileNotFoundError(f"no such file, folder or pattern: {p}")
             found += matches
+    if unreadable is None and bad:
+        folder, why = bad[0]
+        raise UserError(f"{folder}: cannot read this folder ({why})")
     return unique_files(found)
+
+
+def walk_files(top, unreadable, followlinks=False):
+    """(folder, names of its non-folder entries) for top and every folder under it, at any depth
+    (a loop, not recursion: os.walk overflows the stack 1,000 folders deep). A folder that cannot
+    be read is appended to unreadable as (folder, reason). With followlinks, symlinked folders are
+    entered too, each real folder once, so that link loops end."""
+    stack, seen = [top], set()
+    while stack:
+        root = stack.pop()
+        try:
+            if followlinks:
+                st = os.stat(root)
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            with os.scandir(root) as it:
+                entries = list(it)
+        except OSError as e:
+            unreadable.append((root, describe_os_error(e)))
+            continue
+        files, dirs = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # as os.walk: a link to a folder is a folder, entered only with followlinks
+                enter = is_dir and (followlinks or not entry.is_symlink())
+            except OSError:
+                is_dir = enter = False
+            if enter:
+                dirs.append(entry.path)
+            elif not is_dir:
+                files.append(entry.name)
+        yield root, files
+        stack += sorted(dirs, reverse=True)
 
 
 def unique_files(paths):
@@ -124,19 +165,17 @@ def unique_files(paths):
     return sorted(unique.values())
 
 
-def _glob_recursive(pattern):
+def _glob_recursive(pattern, unreadable):
     """glob.glob(pattern, recursive=True), except that each real folder is entered once, so
-    symlink loops end instead of descending until the path is too long."""
+    symlink loops end instead of descending until the path is too long, and a folder that cannot
+    be read is appended to unreadable."""
     parts = pattern.split(os.sep)
     k = next(i for i, part in enumerate(parts) if glob.has_magic(part))
     base = os.sep.join(parts[:k]) or (os.sep if pattern.startswith(os.sep) else os.curdir)
-    found, seen = [], set()
-    for root, dirs, files in os.walk(base, followlinks=True):
-        st = os.stat(root)
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
+    if not os.path.isdir(base):
+        return []
+    found = []
+    for root, files in walk_files(base, unreadable, followlinks=True):
         for f in files:
             path = os.path.join(root, f)
             if _match_parts(os.path.relpath(path, base).split(os.sep), parts[k:]):
@@ -145,12 +184,15 @@ def _glob_recursive(pattern):
 
 
 def _match_parts(names, patterns):
-    """fnmatch over path components, where a "**" component matches any number of them."""
-    if not patterns:
-        return not names
-    if patterns[0] == "**":
-        return any(_match_parts(names[i:], patterns[1:]) for i in range(len(names) + 1))
-    return bool(names) and fnmatch.fnmatchcase(names[0], patterns[0]) and _match_parts(names[1:], patterns[1:])
+    """fnmatch over path components, where a "**" component matches any number of them. A loop
+    over the patterns, not recursion, so that any depth of folders matches."""
+    ends = {0}  # how many names the patterns so far can consume
+    for pattern in patterns:
+        if pattern == "**":
+            ends = set(range(min(ends), len(names) + 1)) if ends else set()
+        else:
+            ends = {i + 1 for i in ends if i < len(names) and fnmatch.fnmatchcase(names[i], pattern)}
+    return len(names) in ends
 
 
 def open_image(path, max_pixels=100_000_000):
@@ -254,9 +296,14 @@ def is_grayscale(rgb, tol=2 / 255):
 
 
 def scan_images(paths, max_pixels, log=print):
-    """Check every training image once: returns (colour files, n_bad, n_gray), warning once per bad file."""
-    good, n_bad, n_gray = [], 0, 0
-    for path in tqdm(find_images(paths), desc="checking images", unit="img", leave=False, dynamic_ncols=True):
+    """Check every training image once: returns (colour files, n_bad, n_gray), warning once per bad
+    file and per folder that cannot be read (each counted in n_bad)."""
+    good, n_gray, unreadable = [], 0, []
+    files = find_images(paths, unreadable)
+    for folder, why in unreadable:
+        log(f"warning: skipping the folder {folder}: cannot read it ({why}); the photos in it are not used")
+    n_bad = len(unreadable)
+    for path in tqdm(files, desc="checking images", unit="img", leave=False, dynamic_ncols=True):
         try:
             rgb, _ = load_image(path, max_pixels)
         except BadImageError as e:

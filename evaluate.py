@@ -16,11 +16,12 @@ from tqdm import tqdm
 from colorizer import display_name, failure_reason, make_output_dir
 from data import (IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, render_shape,
                   render_to_photo, to_8bit)
-from files import UserError, atomic_write
+from files import UserError, atomic_write, refuse_inputs_as_output
 from hints import POINT_SIDE, hex_color, square
 from metrics import colorfulness, colorfulness_gap, image_metrics
 
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_colour")
+REPORTS = ("metrics.csv", "summary.json", "sheet.png")  # what --eval writes into its output folder
 
 
 def center_square(rgb, size):
@@ -121,6 +122,24 @@ def score_file(colorizer, path, eval_size, n_hints=0):
     return row, (gray, ours, truth)
 
 
+def eval_files(data_dir, out_dir):
+    """(the photos under data_dir, [(folder, why) that could not be read]); UserError when there are
+    none, or when a report would be written over one of them."""
+    unreadable = []
+    try:
+        files = find_images([data_dir], unreadable)
+    except FileNotFoundError as e:
+        raise UserError(f"--eval: {e}") from None
+    if not files and unreadable:
+        raise UserError(f"--eval {data_dir}: no image files could be found: cannot read the folder "
+                        f"{display_name(unreadable[0][0])} ({unreadable[0][1]})")
+    if not files:
+        raise UserError(f"--eval {data_dir}: no image files there (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
+    for report in REPORTS:  # --out inside the data folder: a photo there may be named like a report
+        refuse_inputs_as_output(os.path.join(out_dir, report), files, "--eval report")
+    return files, unreadable
+
+
 def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=False, n_hints=0):
     """Score the colorizer on the colour photos under data_dir; returns the number of files that failed.
 
@@ -131,18 +150,16 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
     (one row per file), summary.json and sheet.png (gray | ours | truth for num_samples evenly spaced
     files) into out_dir, and prints a table.
     """
-    try:
-        files = find_images([data_dir])
-    except FileNotFoundError as e:
-        raise UserError(f"--eval: {e}") from None
-    if not files:
-        raise UserError(f"--eval {data_dir}: no image files there (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
+    files, unreadable = eval_files(data_dir, out_dir)
     if n_hints and not colorizer.takes_hints:
         raise UserError(f"--hints {n_hints}: {colorizer.weights} takes no colour hints (trained without HINT_INPUT)")
     make_output_dir(out_dir)
     root = data_dir if os.path.isdir(data_dir) else os.path.dirname(data_dir)
     sample = set(files[:: max(1, len(files) // num_samples)][:num_samples])
-    rows, panels = [], []
+    rows = [{"file": display_name(os.path.relpath(folder, root)), "status": "failed",  # counted as failures
+             "error": f"cannot read this folder ({why}), so the photos in it were not scored"}
+            for folder, why in unreadable]
+    panels = []
     for f in tqdm(files, desc="eval", unit="img", dynamic_ncols=True):
         try:
             row, panel = score_file(colorizer, f, eval_size, n_hints)

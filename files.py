@@ -3,6 +3,8 @@ atomic_write (all or nothing, the one way a file that matters is written) and OS
 """
 import errno
 import os
+import re
+import stat
 from contextlib import suppress
 
 
@@ -11,6 +13,7 @@ class UserError(Exception):
 
 
 TMP_MARK = ".tmp"  # every temporary file's name has it: ".<name>.tmp<pid>"
+TMP_NAME = re.compile(r"\..+" + re.escape(TMP_MARK) + r"\d+")  # the whole name of one
 
 
 def describe_os_error(e):
@@ -22,11 +25,63 @@ def describe_os_error(e):
             }.get(e.errno, e.strerror or str(e))
 
 
+def make_folders(path):
+    """os.makedirs(path, exist_ok=True) without its recursion, so that any depth can be made."""
+    missing = []
+    while path and not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+
+
+def same_file(a, b):
+    """True when paths a and b name one file: symlinks resolved, hard links compared by inode."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def refuse_inputs_as_output(out, inputs, what="output"):
+    """UserError when the output file out is one of the command's input files (under any name):
+    writing it would destroy that input."""
+    if not os.path.lexists(out):
+        return  # a file that does not exist is no input
+    for path in inputs:
+        if same_file(out, path):
+            raise UserError(f"{out}: the {what} is also an input ({path}); writing it would destroy that input, "
+                            f"so nothing was written: choose another output file")
+
+
+def check_writable_target(path, what="file"):
+    """UserError unless path is absent or a regular file (symlinks followed): a folder, a FIFO, a
+    device or a socket is never replaced by the file written there."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise UserError(f"cannot write the {what} {path}: {describe_os_error(e)}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"cannot write the {what} {path}: it is a folder; choose another file name")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"cannot write the {what} {path}: it exists and is not a regular file (a pipe, socket or "
+                        f"device), so it is left alone; choose another file name")
+
+
 def atomic_write(path, write, what="file"):
     """Write path all or nothing: write(f) fills a temporary file in the same folder, which is
     flushed to disk and renamed over path. A crash, a kill or a full disk at any moment leaves
     the previous file (if any) whole and, except after kill -9, no temporary file. On any OS
-    error, raises UserError "cannot write the {what} {path}: <why>"."""
+    error, or when path is a folder, pipe, socket or device, raises UserError
+    "cannot write the {what} {path}: <why>"."""
+    check_writable_target(path, what)
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name[:200]}{TMP_MARK}{os.getpid()}")  # stays under the 255-byte name limit
     try:
@@ -48,8 +103,20 @@ def atomic_write(path, write, what="file"):
 
 
 def remove_stale_temporaries(folder, log):
-    """Delete the temporary files of saves that were killed before their rename."""
-    for f in sorted(os.listdir(folder)):
-        if f.startswith(".") and TMP_MARK in f:
-            os.remove(os.path.join(folder, f))
-            log(f"removed {os.path.join(folder, f)}, left by a save that did not finish")
+    """Delete the temporary files of saves that were killed before their rename: regular files
+    named ".<name>.tmp<pid>", nothing else (a folder or link of such a name is left, with a line)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise UserError(f"cannot read the folder {folder}: {describe_os_error(e)}") from None
+    for f in filter(TMP_NAME.fullmatch, names):
+        path = os.path.join(folder, f)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                log(f"warning: left {path} alone: named like an unfinished save's temporary file, but not a file")
+                continue
+            os.remove(path)
+        except OSError as e:
+            log(f"warning: cannot remove {path}, left by a save that did not finish: {describe_os_error(e)}")
+            continue
+        log(f"removed {path}, left by a save that did not finish")

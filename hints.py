@@ -14,6 +14,8 @@ import json
 import math
 import os
 import re
+import reprlib
+import stat
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,14 @@ from models import HINT_CHANNELS
 POINT_SIDE = 3          # a user's point hint covers a square of this side, in the pixels the network sees
 MAX_TRAIN_HINTS = 50    # training never draws more hints than this for one image
 SIDECAR_SUFFIX = ".hints.json"
+MAX_HINTS_BYTES = 1_000_000  # a hints file is refused above this size (a thousand hints take about 50 kB)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def short_repr(value):
+    """Any value in one short line, however long or deeply nested (for messages)."""
+    return _REPR.repr(value)
 
 
 class HintError(ValueError):
@@ -44,7 +54,7 @@ def parse_color(color):
     elif (isinstance(color, (tuple, list)) and len(color) == 3
           and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
         return tuple(c / 255 for c in color)
-    raise HintError(f"colour must be '#rrggbb' or (r, g, b) in 0..255, got {color!r}")
+    raise HintError(f"colour must be '#rrggbb' or (r, g, b) in 0..255, got {short_repr(color)}")
 
 
 def hex_color(rgb):
@@ -55,17 +65,17 @@ def hex_color(rgb):
 def check_hints(hints, W, H):
     """[(x, y, colour), ...] on a W x H photo -> [(x, y, (r, g, b)), ...]; HintError naming the bad hint."""
     if isinstance(hints, (str, bytes)) or not hasattr(hints, "__iter__"):
-        raise HintError(f"hints must be a list of (x, y, colour), got {hints!r:.80}")
+        raise HintError(f"hints must be a list of (x, y, colour), got {short_repr(hints)}")
     checked = []
     for i, hint in enumerate(hints, 1):
         try:
             x, y, color = hint
         except (TypeError, ValueError):
-            raise HintError(f"hint {i}: expected (x, y, colour), got {hint!r:.80}") from None
+            raise HintError(f"hint {i}: expected (x, y, colour), got {short_repr(hint)}") from None
         for name, v, n in (("x", x, W), ("y", y, H)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < n:  # NaN fails here too
                 raise HintError(f"hint {i}: {name} must be a pixel coordinate in [0, {n}) of this "
-                                f"{W}x{H} photo, got {v!r}")
+                                f"{W}x{H} photo, got {short_repr(v)}")
         try:
             checked.append((x, y, parse_color(color)))
         except HintError as e:
@@ -145,27 +155,57 @@ def sidecar_path(image_path):
 
 def read_hints(path):
     """The hints of a JSON hints file as [(x, y, colour), ...]; UserError naming the file and the fault.
-    Coordinates are checked against the photo when it is colorized."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the hints file: {describe_os_error(e)}") from None
-    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
-        raise UserError(f"{path}: not a valid JSON hints file: {e}") from None
+    Only a regular file of at most MAX_HINTS_BYTES is read: a pipe, device or socket is refused
+    without being opened for blocking reads. Coordinates are checked against the photo when it is
+    colorized."""
+    data = _parse_json(path, _read_small_file(path))
     items = data.get("hints") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise UserError(f'{path}: expected {{"hints": [{{"x": 12, "y": 34, "color": "#rrggbb"}}, ...]}}')
     hints = []
     for i, item in enumerate(items, 1):
         if not (isinstance(item, dict) and {"x", "y", "color"} <= item.keys()):
-            raise UserError(f"{path}: hint {i}: expected an object with x, y and color, got {item!r:.80}")
+            raise UserError(f"{path}: hint {i}: expected an object with x, y and color, got {short_repr(item)}")
         try:
             parse_color(item["color"])
         except HintError as e:
             raise UserError(f"{path}: hint {i}: {e}") from None
         hints.append((item["x"], item["y"], item["color"]))
     return hints
+
+
+def _read_small_file(path):
+    """The bytes of the hints file path; UserError unless it is a regular file of at most MAX_HINTS_BYTES."""
+    limit = f"the limit for a hints file is {MAX_HINTS_BYTES // 1_000_000} MB"
+    try:
+        mode = os.stat(path).st_mode  # before opening: opening a FIFO blocks until a writer comes
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{path}: is a folder, not a hints file")
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{path}: not a regular file (a pipe, socket or device), so not read as a hints file")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # swapped for a FIFO since: never blocks
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError(f"{path}: not a regular file (a pipe, socket or device), so not read as a hints file")
+            if st.st_size > MAX_HINTS_BYTES:
+                raise UserError(f"{path}: {st.st_size} bytes is too large for a hints file ({limit})")
+            raw = f.read(MAX_HINTS_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the hints file: {describe_os_error(e)}") from None
+    if len(raw) > MAX_HINTS_BYTES:  # it grew since fstat
+        raise UserError(f"{path}: over {MAX_HINTS_BYTES} bytes, too large for a hints file ({limit})")
+    return raw
+
+
+def _parse_json(path, raw):
+    """The JSON value of the bytes raw read from the hints file path; UserError naming the file."""
+    try:
+        return json.loads(raw.decode("utf-8-sig"))  # -sig: Notepad starts UTF-8 files with a BOM
+    except RecursionError:  # the C decoder nests one Python frame per level
+        raise UserError(f"{path}: not a valid hints file: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path}: not a valid JSON hints file: {e}") from None
 
 
 def hints_json(hints):

@@ -4,6 +4,7 @@ lock, stop signals, the data order that resumes exactly, the CSV log and the sam
 import csv
 import os
 import signal
+import stat
 import time
 from contextlib import contextmanager, nullcontext
 
@@ -14,7 +15,7 @@ from torchvision.utils import save_image
 
 from colorizer import pick_device
 from data import lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, without_colour
-from files import UserError, atomic_write
+from files import UserError, atomic_write, describe_os_error
 from losses import LOSS_NAMES
 
 
@@ -100,9 +101,13 @@ def lock_run_dir(run_dir):
     instead of both writing one checkpoint. The OS drops the lock when the process dies, even by kill -9."""
     try:
         os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {describe_os_error(e)}") from None
+    check_run_dir(run_dir)
+    try:
         lock = open(os.path.join(run_dir, "lock"), "w")
     except OSError as e:
-        raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+        raise UserError(f"cannot create the lock file {os.path.join(run_dir, 'lock')}: {describe_os_error(e)}") from None
     try:
         try:
             import fcntl  # POSIX only; elsewhere runs are not locked
@@ -115,6 +120,29 @@ def lock_run_dir(run_dir):
         yield
     finally:
         lock.close()
+
+
+RUN_FILES = {"checkpoint.pt": "file", "log.csv": "file", "lock": "file", "samples": "folder"}  # what a run writes
+
+
+def check_run_dir(run_dir):
+    """UserError naming the first entry of run_dir that a run writes (RUN_FILES) and that is of the
+    wrong kind: a folder named log.csv, a file named samples, a pipe named lock... Checked before
+    the run starts, so it never fails hours later, and nothing there is moved or deleted."""
+    for name, kind in RUN_FILES.items():
+        path = os.path.join(run_dir, name)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise UserError(f"{path}: cannot use it in the run folder: {describe_os_error(e)}") from None
+        is_kind = stat.S_ISDIR(mode) if kind == "folder" else stat.S_ISREG(mode)
+        if not is_kind:
+            found = "a folder" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else \
+                "a pipe, socket or device"
+            raise UserError(f"{path}: is {found}, but a training run keeps a {kind} of this name there; move it "
+                            f"away or use another --run-dir")
 
 
 @contextmanager
@@ -202,8 +230,16 @@ class CSVLog:
         columns (an older version) is mapped by its header, a column it lacks left empty."""
         if not os.path.exists(self.path):
             return [], True
-        with open(self.path, newline="") as f:
-            header, *rows = list(csv.reader(f)) or [[]]
+        if not os.path.isfile(self.path):
+            raise UserError(f"{self.path}: not a file, so it cannot be the run's log; move it away or use another "
+                            f"--run-dir")
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                header, *rows = list(csv.reader(f)) or [[]]
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            why = describe_os_error(e) if isinstance(e, OSError) else f"not a CSV log ({e})"
+            raise UserError(f"{self.path}: cannot read the run's log: {why}; move it away or use another "
+                            f"--run-dir") from None
         if list(header) == list(self.COLUMNS):
             return rows, True
         where = {name: i for i, name in enumerate(header)}
@@ -226,8 +262,11 @@ class CSVLog:
             values = [f"{v:.5f}" for v in (self.sums / self.n).tolist()]
             row = [state.step, state.epoch, *values, state.bad_steps,
                    f"{self.images / (time.time() - self.t0):.2f}", f"{self.data_wait:.2f}"]
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow(row)
+            try:
+                with open(self.path, "a", newline="") as f:
+                    csv.writer(f).writerow(row)
+            except OSError as e:
+                raise UserError(f"cannot write the log {self.path}: {describe_os_error(e)}") from None
         self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
 
 
@@ -239,7 +278,10 @@ def save_sample_grid(netG_ema, sample_rgb, path, device):
         fake = lab_to_rgb(net_to_lab(real_A, netG_ema(real_A)))
         gray = without_colour(rgb)
     rows = torch.stack([gray, fake, rgb], dim=1).flatten(0, 1)  # (3B, 3, H, W)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:  # a file named samples, a full disk
+        raise UserError(f"cannot create the folder of the sample grid {path}: {describe_os_error(e)}") from None
     atomic_write(path, lambda f: save_image(rows.cpu(), f, format="png", nrow=3, padding=2, pad_value=1.0), "sample")
 
 

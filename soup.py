@@ -17,7 +17,7 @@ import torch
 
 import colorize_base as cb
 from checkpoint import check_finite, file_constants, generator_from, load_checkpoint, write_model
-from files import UserError
+from files import UserError, check_writable_target, refuse_inputs_as_output
 
 POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
 
@@ -37,6 +37,7 @@ def soup_state(paths):
                 raise UserError(f"{path}: {k} is {network(ckpt, k)!r}, but {paths[0]} has "
                                 f"{network(ckpts[0], k)!r}; only models with the same network can be averaged")
         check_finite(ckpt["netG_ema"], path, "generator")
+        check_same_tensors(ckpt["netG_ema"], path, ckpts[0]["netG_ema"], paths[0])
     netG, _ = generator_from(ckpts[0], paths[0], torch.device("cpu"), defaults=cb.CONSTANTS)  # checks its own
     mean = {}
     for k, v in netG.state_dict().items():
@@ -55,6 +56,21 @@ def soup_state(paths):
     return netG.eval(), ckpts
 
 
+def check_same_tensors(state, path, first, first_path):
+    """UserError naming the ingredient and the tensor when state lacks one of first's tensors, has
+    one more, or one of another shape: averaging those would broadcast into a corrupt model."""
+    odd = sorted(first.keys() ^ state.keys())
+    if odd:
+        k = odd[0]
+        has, lacks = (path, first_path) if k in state else (first_path, path)
+        raise UserError(f"{path}: tensor {k!r} is in {has} but not in {lacks}; only models with the same "
+                        f"network can be averaged")
+    for k, v in first.items():
+        if state[k].shape != v.shape:
+            raise UserError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, but in {first_path} it has "
+                            f"{tuple(v.shape)}; only models with the same network can be averaged")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="the averaged model to write (float16, like --export)")
@@ -62,8 +78,10 @@ def main(argv=None):
     p.add_argument("--about", metavar="TEXT", help="what the ingredients were trained on, stored in the file")
     args = p.parse_args(argv)
     try:
+        refuse_inputs_as_output(args.out, args.models, "soup")  # before anything is read or written
+        check_writable_target(args.out, "model")
         netG, ckpts = soup_state(args.models)
-        about = args.about or " | ".join(c["about"] for c in ckpts if c.get("about"))
+        about = args.about or " | ".join(c["about"] for c in ckpts if isinstance(c.get("about"), str) and c["about"])
         write_model(args.out, ckpts[0]["cfg"], max(c.get("step", 0) for c in ckpts), netG.state_dict(), about)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
