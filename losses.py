@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import EfficientNetLite, imagenet_input, imagenet_weights, load_imagenet
+
 GAN_MODES = ("hinge", "lsgan", "vanilla")
 LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG", "loss_G_perc",
               "loss_G_CF")  # what step.train_step returns, in this order: the columns of log.csv
@@ -117,7 +119,6 @@ class EncoderPerceptualLoss(nn.Module):
 
     def __init__(self, name):
         super().__init__()
-        from models import EfficientNetLite, imagenet_weights, load_imagenet
         self.net = EfficientNetLite(name, in_channels=3)
         load_imagenet(self.net, imagenet_weights(name))
         self.net.eval().requires_grad_(False)
@@ -127,7 +128,6 @@ class EncoderPerceptualLoss(nn.Module):
 
     def forward(self, fake_rgb, real_rgb):
         """RGB in [0, 1], (B, 3, H, W) each, H and W multiples of 32."""
-        from models import imagenet_input
         with torch.no_grad():
             real = self.net(imagenet_input(real_rgb))
         fake = self.net(imagenet_input(fake_rgb))

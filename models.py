@@ -306,8 +306,8 @@ class PretrainedUnetGenerator(nn.Module):
         return self
 
     def forward(self, x, hints=None):
-        if x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"generator input sides must be multiples of 32, got {tuple(x.shape[-2:])} "
+        if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
+            raise ValueError(f"generator input sides must be multiples of {self.multiple}, got {tuple(x.shape[-2:])} "
                              f"(pad them with netG.pad)")
         if hints is not None and not self.hint_channels:
             raise ValueError("this generator takes no colour hints (it was trained with HINT_INPUT off)")
