@@ -103,3 +103,16 @@ def test_saturation_scales_the_predicted_colour_in_lab(bundled):
     for bad in (-0.5, float("nan"), "more"):
         with pytest.raises(ValueError, match="saturation must be"):
             bundled.colorize(EXAMPLE, saturation=bad)
+
+
+def test_load_defaults_are_the_constants():
+    """Colorizer.load takes its defaults as arguments (no import of colorize_base): they must stay
+    the constants' values, so the Python API colours as the command line does."""
+    import inspect
+
+    import colorize_base as cb
+    defaults = {k: p.default for k, p in inspect.signature(Colorizer.load).parameters.items()}
+    assert defaults["weights"] == cb.resolve_path(cb.WEIGHTS)
+    assert (defaults["render_size"], defaults["max_pixels"], defaults["saturation"]) == \
+        (cb.RENDER_SIZE, cb.MAX_PIXELS, cb.SATURATION)
+    assert defaults["device"] == cb.DEVICE
