@@ -32,9 +32,11 @@ from tqdm import tqdm
 
 import colorize_base as cb
 import training
-from colorizer import Colorizer, pick_device, save_png
-from data import ColorizationDataset, find_images
+from backends import TorchNetwork, pick_device
+from colorizer import Colorizer, save_png
+from data import ColorizationDataset
 from files import UserError
+from images import find_images
 from models import build_generator
 from runtime import amp_dtype, autocast_for, wrap_for_processes
 from training import build_perceptual, build_vgg
@@ -308,7 +310,7 @@ def random_colorizer(cfg, device, render_size):
     """A Colorizer with random weights: the same speed and memory as a trained one."""
     torch.manual_seed(cfg["SEED"])
     netG = build_generator(cfg).to(device).eval().requires_grad_(False)
-    return Colorizer(netG, cfg, device, render_size)
+    return Colorizer(TorchNetwork(netG, cfg, device), render_size)
 
 
 def bench_infer(cfg, sizes, repeats, warmup, device_name, render_size):
@@ -366,6 +368,56 @@ def bench_huge_file(cfg, px, device_name, render_size, folder):
     save_png(colorizer.colorize(path), os.path.join(folder, f"huge_{px}_out.png"))
     return {"input_px": px, "render_px": render_size, "seconds": time.perf_counter() - t0,
             "peak_memory_bytes": peak_memory(device)}
+
+
+def bench_engine(backend, weights, h, w, repeats, render_size):
+    """Colorizer.colorize of an (h, w) 8-bit photo on one engine (torch or onnx, backends.py): median
+    seconds, and the peak RSS of the process (run isolated) above what it held before the model was
+    loaded: this process imports torch either way, which the torch-free install does not."""
+    before = peak_memory(torch.device("cpu"))
+    colorizer = Colorizer.load(weights, device="cpu", render_size=render_size, backend=backend,
+                               threads=torch.get_num_threads())  # onnxruntime gets torch's thread count
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = ((x * 255 // w + y * 255 // h) // 2).astype(np.uint8)  # a gray ramp: the content does not change the speed
+    del y, x
+    colorizer.colorize(rgb)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        colorizer.colorize(rgb)
+        times.append(time.perf_counter() - t0)
+    return {"backend": backend, "photo": f"{w}x{h}", "render_px": render_size, "repeats": repeats,
+            "latency_s_median": statistics.median(times),
+            "peak_memory_bytes": peak_memory(torch.device("cpu")) - before}
+
+
+def compare_engines(weights, sizes, repeats, render_size):
+    """torch against onnxruntime (WEIGHTS and the .onnx beside it) on each (h, w): each engine and
+    size in a fresh process, one after the other, so that the peaks are their own."""
+    return [run_isolated(bench_engine, backend, weights, h, w, repeats, render_size)
+            for h, w in sizes for backend in ("torch", "onnx")]
+
+
+def engines_agree(weights, inputs):
+    """torch against onnxruntime on every photo under inputs, pixel by pixel, as --infer writes them:
+    per photo the share of channel values more than 1/255 apart, and the largest difference."""
+    by_torch = Colorizer.load(weights, device="cpu", backend="torch")
+    by_onnx = Colorizer.load(weights, backend="onnx")
+    rows = []
+    for f in tqdm(find_images(inputs), desc="torch vs onnxruntime", dynamic_ncols=True):
+        gap = np.abs(np.asarray(by_torch.colorize(f), dtype=int) - np.asarray(by_onnx.colorize(f), dtype=int))
+        rows.append({"photo": f, "share_over_1": float((gap > 1).mean()), "max": int(gap.max())})
+    return rows
+
+
+def format_engines(results, m):
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}); torch {m['torch']}",
+             "engines: Colorizer.colorize on an 8-bit photo, median s / peak RSS GB from loading the model on"]
+    for i in range(0, len(results), 2):
+        t, o = results[i], results[i + 1]
+        lines.append(f"{t['photo']:>10}: torch {t['latency_s_median']:.3f} s / {t['peak_memory_bytes'] / GB:.2f} GB   "
+                     f"onnxruntime {o['latency_s_median']:.3f} s / {o['peak_memory_bytes'] / GB:.2f} GB")
+    return "\n".join(lines)
 
 
 # -----------------------------------------------------------------------------
@@ -439,6 +491,12 @@ def build_parser():
     p.add_argument("--huge-px", type=_ints, default=[], help="also run --infer on a PNG of this side, px "
                    "(e.g. 9000: the peak memory of a 81-megapixel photo)")
     p.add_argument("--render-size", type=int, default=cb.CONSTANTS["RENDER_SIZE"], help="inference RENDER_SIZE, px")
+    p.add_argument("--engines", action="store_true", help="instead of the full report: inference on torch against "
+                                                          "onnxruntime (WEIGHTS and the .onnx beside it) at 256 px, "
+                                                          "1024 px and 4096x3072")
+    p.add_argument("--agree", nargs="+", metavar="PATH", help="instead of the full report: torch and onnxruntime "
+                                                              "outputs compared pixel by pixel on these photos")
+    p.add_argument("--weights", default=cb.resolve_path(cb.CONSTANTS["WEIGHTS"]), help="with --engines and --agree: the model")
     p.add_argument("--mem-budget-gb", type=float, default=16.0, help="memory budget for the largest batch, GB")
     p.add_argument("--data", default=cb.CONSTANTS["DATA_DIR"],
                    help="photos for the data loader (default DATA_DIR); '' = random pixels")
@@ -498,6 +556,18 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.profile:
         print(profile_train(cfg, args.sizes[0], batches[0], str(device)))
+        return 0
+    if args.agree:
+        rows = engines_agree(args.weights, args.agree)
+        worst = max(rows, key=lambda r: r["share_over_1"])
+        print(f"{len(rows)} photos: at most {worst['share_over_1']:.2e} of channel values more than 1/255 apart "
+              f"({worst['photo']}); largest difference {max(r['max'] for r in rows)}/255")
+        write_json({"machine": machine_info(device), "agree": rows}, args.out)
+        return 0
+    if args.engines:
+        results = compare_engines(args.weights, [(256, 256), (1024, 1024), (3072, 4096)], args.repeats, args.render_size)
+        print(format_engines(results, machine_info(device)))
+        write_json({"machine": machine_info(device), "engines": results}, args.out)
         return 0
     if args.compare:
         try:

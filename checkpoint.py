@@ -7,13 +7,13 @@ file was made with, old files' missing ones filled in; load_generator rebuilds i
 """
 import io
 import os
-import stat
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from files import UserError, atomic_write, check_writable_target, describe_os_error, refuse_inputs_as_output
+from files import (UserError, atomic_write, check_model_file, check_writable_target, describe_os_error, refuse_inputs_as_output,
+                   short_reason)
 from models import build_generator, with_hint_input
 
 FORMAT_VERSION = 1
@@ -30,28 +30,10 @@ def save_checkpoint(obj, path, what="checkpoint"):
 # -----------------------------------------------------------------------------
 # Reading checkpoints and exported models
 
-def short_reason(error, width=150):
-    """The informative line of a library error, cut to one short line (the whole story is in --debug)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
-        lines = lines[1:]  # load_state_dict: the first mismatch says more than the heading
-    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def load_checkpoint(path):
     """Read a checkpoint or exported model without running code from it (weights_only=True), and
     check the fields every reader relies on."""
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the weights file: {describe_os_error(e)}") from None
-    if stat.S_ISDIR(mode):
-        raise UserError(f"{path}: is a folder, not a weights file (pass --weights FILE)")
-    if not stat.S_ISREG(mode):  # never opened: a FIFO would block, a device read for ever
-        raise UserError(f"{path}: not a regular file (a pipe, socket or device), so not read as a weights file")
+    check_model_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere inside the unpickler (KeyError, UnpicklingError...)

@@ -22,21 +22,30 @@ import textwrap
 import time
 from contextlib import nullcontext
 
-import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-import losses
-import models
-from checkpoint import TrainState, export, file_constants, load_checkpoint
+import backends
 from colorizer import Colorizer, colorize_files  # noqa: F401 (Colorizer: the Python API)
-from data import training_data
-from evaluate import evaluate
-from files import UserError, remove_stale_temporaries
-from models import build_discriminator, build_generator, memory_format
-from runtime import (CSVLog, any_rank, autocast_for, describe_device, init_distributed, lock_run_dir, make_loader,
-                     rng_state, save_sample_grid, set_threads, sigterm_as_interrupt, stop_signals, wrap_for_processes)
-from training import build_perceptual, build_vgg, resume, start_generator, step
+from files import UserError, remove_stale_temporaries, sigterm_as_interrupt
+
+try:  # all but --infer need PyTorch; without it (requirements-lite.txt) --infer runs ONNX models on onnxruntime
+    import torch
+    import torch.distributed as dist
+
+    import losses
+    import models
+    from checkpoint import TrainState, export, file_constants, load_checkpoint
+    from data import training_data
+    from evaluate import evaluate
+    from models import build_discriminator, build_generator, memory_format
+    from onnx_export import export_onnx
+    from runtime import (CSVLog, any_rank, autocast_for, describe_device, init_distributed, lock_run_dir, make_loader,
+                         rng_state, save_sample_grid, stop_signals, wrap_for_processes)
+    from training import build_perceptual, build_vgg, resume, start_generator, step
+except ModuleNotFoundError as e:
+    if e.name != "torch":
+        raise
+    torch = None
 
 # -----------------------------------------------------------------------------
 # Constants (relative paths are relative to this file; command-line paths to the current folder)
@@ -90,6 +99,7 @@ LOG_EVERY = 25                      # CSV log interval, generator steps
 NUM_SAMPLES = 8                     # held-out images in each sample grid
 MAX_BAD_STEPS = 20                  # stop after this many consecutive steps with a non-finite loss or gradient
 RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
+BACKEND = "auto"                    # inference engine: torch, onnx (onnxruntime: an .onnx WEIGHTS, or the .onnx beside a .pt) or auto
 SATURATION = 1.55                   # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
 MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
@@ -149,7 +159,9 @@ def build_parser():
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (resumes from RUN_DIR/checkpoint.pt)")
     mode.add_argument("--infer", nargs="+", metavar="PATH", help="colorize files, folders or globs")
-    mode.add_argument("--export", metavar="FILE", help="write the EMA generator of --weights as a small float16 file")
+    mode.add_argument("--export", metavar="FILE", help="write the EMA generator of --weights as a small float16 file; "
+                                                        "FILE.onnx: as an ONNX model, for onnxruntime without PyTorch "
+                                                        "(pip install -r requirements-onnx.txt)")
     mode.add_argument("--eval", metavar="DIR", help="colorize the gray version of every colour photo in DIR and score "
                                                     "it against the photo, beside a gray baseline (into EVAL_DIR or --out)")
     mode.add_argument("--serve", action="store_true", help="start the local web page (pip install -r "
@@ -239,7 +251,9 @@ def check_config(cfg):
                         (("ENCODER_LR_MULT", "HINT_LR_MULT"), 1e3)):
         for name in names:
             need(cfg[name] <= most, name, f"at most {most if isinstance(most, int) else f'{most:g}'}")
-    need(cfg["ENCODER"] in models.ENCODERS, "ENCODER", ", ".join(models.ENCODERS))
+    if torch is not None:  # the lists live with the networks and losses (torch-free --infer has neither)
+        need(cfg["ENCODER"] in models.ENCODERS, "ENCODER", ", ".join(models.ENCODERS))
+        need(cfg["GAN_MODE"] in losses.GAN_MODES, "GAN_MODE", ", ".join(losses.GAN_MODES))
     unet = cfg["ENCODER"] == "unet"
     need(unet or cfg["NGF"] % 2 == 0, "NGF", "even with a pretrained ENCODER")
     downs = cfg["N_DOWNS"] if unet else 5  # EfficientNet-Lite: stride 32
@@ -250,9 +264,9 @@ def check_config(cfg):
     need(all(f in levels for f in cfg["ATTN_FACTORS"]), "ATTN_FACTORS",
          f"decoder levels of this network, some of {','.join(map(str, levels))} (empty for none)")
     need(0 <= cfg["SEED"] < 2 ** 32, "SEED", "in [0, 2**32)")
-    need(cfg["GAN_MODE"] in losses.GAN_MODES, "GAN_MODE", ", ".join(losses.GAN_MODES))
     need(cfg["AMP"] in ("bf16", "fp16", "off"), "AMP", "bf16, fp16 or off")
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg["DEVICE"]), "DEVICE", "auto, cpu, cuda or cuda:N")
+    need(cfg["BACKEND"] in backends.BACKENDS, "BACKEND", ", ".join(backends.BACKENDS))
 
 
 # -----------------------------------------------------------------------------
@@ -413,15 +427,21 @@ def main(argv=None):
     try:
         cfg = make_config(args)
         n_hints = hints_argument(args)
-        set_threads(cfg)
+        if torch is None and (args.train or args.export or args.eval):
+            raise UserError(f"{'--train' if args.train else '--export' if args.export else '--eval'} needs PyTorch, "
+                            f"which is not installed (pip install -r requirements.txt); without it, --infer and "
+                            f"--serve colorize with ONNX models on onnxruntime")
+        threads = backends.set_threads(cfg)
         if args.train:
             train(cfg, fresh=args.fresh)
             return 0
         if args.export:
-            step = export(cfg["WEIGHTS"], os.path.abspath(args.export), args.about)
+            write = export_onnx if args.export.lower().endswith(".onnx") else export
+            step = write(cfg["WEIGHTS"], os.path.abspath(args.export), args.about)
             print(f"wrote {os.path.abspath(args.export)} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
             return 0
-        colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"], cfg["SATURATION"])
+        colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"], cfg["SATURATION"],
+                                   cfg["BACKEND"], threads)
         if args.serve:
             from webapp import serve  # Gradio is an optional dependency
             serve(colorizer, args.host, args.port)

@@ -4,67 +4,57 @@
     colorizer = Colorizer.load()                      # the bundled model, on CUDA when present
     colorizer.colorize("old.jpg").save("old_colour.png")
 
---infer, --eval and the tests all go through Colorizer.colorize.
+--infer, --eval and the web page all go through Colorizer.colorize. Everything around the network
+is numpy here, one definition for both engines (backends.py): torch, and onnxruntime for .onnx
+models, which needs no PyTorch.
 """
 import os
 import sys
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from checkpoint import load_generator
-from data import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
-                  open_image, render_shape, rgb_to_lab, unique_files)
+from backends import OnnxNetwork, TorchNetwork, choose_backend
 from files import UserError, atomic_write, describe_os_error, make_folders
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
+from images import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
+                    open_image, render_shape, rgb_to_L, unique_files)
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "colorizer.pt")
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
 
 
-def pick_device(name="auto"):
-    """torch.device for auto (CUDA when available), cpu, cuda or cuda:N; UserError for anything else."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
 class Colorizer:
-    """A generator ready for inference: the EMA weights of a checkpoint or exported model, in eval
-    mode on one device. Colorization is deterministic (no dropout, no sampling)."""
+    """A network ready for inference (backends.py: the EMA weights of a checkpoint or exported model
+    on a torch device, or an ONNX model on onnxruntime) and the settings it colorizes with.
+    Colorization is deterministic (no dropout, no sampling)."""
 
-    def __init__(self, netG, cfg, device, render_size=256, max_pixels=100_000_000, weights=None, saturation=1.0):
-        self.netG, self.cfg, self.device, self.weights = netG, cfg, device, weights
+    def __init__(self, network, render_size=256, max_pixels=100_000_000, weights=None, saturation=1.0):
+        self.network, self.cfg, self.weights = network, network.cfg, weights
         self.render_size, self.max_pixels, self.saturation = render_size, max_pixels, saturation
 
     @classmethod
-    def load(cls, weights=BUNDLED_WEIGHTS, device="auto", render_size=256, max_pixels=100_000_000, saturation=1.55):
-        """Load a checkpoint or exported model (default: the bundled one). The defaults are those of
-        RENDER_SIZE, MAX_PIXELS and SATURATION in colorize_base.py, whose command line passes its own."""
-        weights = os.fspath(weights)
-        device = pick_device(device) if isinstance(device, str) else torch.device(device)
-        netG, cfg = load_generator(weights, device)
-        return cls(netG, cfg, device, render_size, max_pixels, weights, saturation)
+    def load(cls, weights=BUNDLED_WEIGHTS, device="auto", render_size=256, max_pixels=100_000_000, saturation=1.55,
+             backend="auto", threads=0):
+        """Load a checkpoint, exported model or ONNX model (default: the bundled one). The defaults are
+        those of RENDER_SIZE, MAX_PIXELS, SATURATION, BACKEND and THREADS in colorize_base.py, whose
+        command line passes its own. backend: auto (onnx for an .onnx file or without PyTorch), torch
+        or onnx; threads: onnxruntime's (0: its own choice; torch's are set by set_threads)."""
+        backend, weights = choose_backend(os.fspath(weights), backend, device)
+        network = OnnxNetwork(weights, threads) if backend == "onnx" else TorchNetwork.load(weights, device)
+        return cls(network, render_size, max_pixels, weights, saturation)
 
     @property
     def takes_hints(self):
         """Whether the model was trained to follow colour hints (HINT_INPUT)."""
-        return bool(self.netG.hint_channels)
+        return bool(self.network.hint_channels)
 
-    @torch.inference_mode()
+    @property
+    def device(self):
+        """Where the network runs, in words: 'cpu', 'cuda:0', 'cpu (onnxruntime)'."""
+        return self.network.describe()
+
     def colorize(self, image, render_size=None, hints=None, saturation=None):
         """Colorize one photo; returns a PIL image of the same size, RGB, or RGBA when the input has alpha.
 
@@ -87,63 +77,87 @@ class Colorizer:
         step = max(1, BAND_PIXELS // W)
         bands = [(y, min(H, y + step)) for y in range(0, H, step)]
 
-        def luminance(y0, y1):  # the photo's own L of rows y0..y1 in network scaling, and their alpha
+        def luminance(y0, y1):  # the photo's own L of rows y0..y1 in network scaling (1, 1, y1 - y0, W), and their alpha
             rgb, a = read_rows(y0, y1)
-            return lab_to_net(rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None]))[0], a
+            return lab_to_net(rgb_to_L(rgb.transpose(2, 0, 1)[None]))[0], a
 
         h, w = render_shape(H, W, render_size)
         planes = self._hint_input(hints, W, H, w, h, saturation) if hints else None  # checked before any work
 
         # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
         #    each band is averaged across the width here, the rows below, so full-size L is never held
-        L_w = torch.empty(1, 1, H, w)
+        L_w = np.empty((1, 1, H, w), np.float32)
         alpha = None
         for y0, y1 in bands:
             L, a = luminance(y0, y1)
-            L_w[..., y0:y1, :] = F.adaptive_avg_pool2d(L, (y1 - y0, w))
+            L_w[..., y0:y1, :] = area_resize(L, w, axis=3)
             if a is not None:
                 alpha = np.empty((H, W), np.uint8) if alpha is None else alpha
                 alpha[y0:y1] = np.round(a * 255)
-        small = F.adaptive_avg_pool2d(L_w, (h, w)).clamp(-1, 1).to(self.device)
+        small = np.clip(area_resize(L_w, h, axis=2), -1, 1)
 
-        # 2. the network, on the luminance padded to its multiple
-        L_in = self.netG.pad(small)  # hints are passed only when given: a generator without them takes L alone
-        fake_B = (self.netG(L_in) if planes is None else self.netG(L_in, planes))[..., :h, :w].float().cpu()
+        # 2. the network, on the luminance padded to its multiple (repeating the edge)
+        fake_B = self.network(pad_to(small, self.network.multiple, "edge"), planes)[..., :h, :w]
         if saturation != 1:
-            fake_B = fake_B * saturation  # clamped to the ab range when converted back
+            fake_B = fake_B * np.float32(saturation)  # clamped to the ab range when converted back
 
         # 3. ab upsampled to full size (bilinear, separable: the width once, the rows per band) and
         #    joined with the full-resolution L, band by band
-        ab_rows = F.interpolate(fake_B, size=(h, W), mode="bilinear", align_corners=False)  # (1, 2, h, W)
+        ab_rows = linear_resize(fake_B, W, axis=3)  # (1, 2, h, W)
         result = Image.new("RGB", (W, H))
         for y0, y1 in bands:
-            rgb = lab_to_rgb(net_to_lab(luminance(y0, y1)[0], _upsample_rows(ab_rows, y0, y1, H)))
-            band = (rgb[0] * 255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+            rgb = lab_to_rgb(net_to_lab(luminance(y0, y1)[0], linear_resize(ab_rows, H, axis=2, rows=(y0, y1))))
+            band = np.round(rgb[0] * 255).astype(np.uint8).transpose(1, 2, 0)
             result.paste(Image.fromarray(band), (0, y0))
         if alpha is not None:
             result.putalpha(Image.fromarray(alpha))
         return result
 
     def _hint_input(self, hints, W, H, w, h, saturation):
-        """The generator's hint planes for hints on a W x H photo rendered at w x h, padded, on the device."""
+        """The network's hint planes for hints on a W x H photo rendered at w x h, padded with zeros."""
         if not self.takes_hints:
             raise HintError("this model takes no colour hints (it was trained without HINT_INPUT; "
                             "fine-tune it with --hint-input true, see the README)")
         planes = hint_planes(hints, W, H, w, h)
         if saturation > 0:  # in the network's own (muted) scale, so that the gain gives the hinted colour back
             planes[:, :2] /= saturation
-        return self.netG.pad(planes.to(self.device), mode="constant")
+        return pad_to(planes, self.network.multiple, "constant")
 
 
-def _upsample_rows(x, y0, y1, H):
-    """Rows y0..y1 of x (B, C, h, W) resized bilinearly to H rows (align_corners=False), exactly as
-    F.interpolate computes them, without making the other rows."""
-    h = x.shape[-2]
-    src = ((torch.arange(y0, y1, dtype=torch.float32) + 0.5) * (h / H) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=h - 1)
-    i1 = (i0 + 1).clamp(max=h - 1)
-    frac = (src - i0).view(1, 1, -1, 1)
-    return x[:, :, i0] * (1 - frac) + x[:, :, i1] * frac
+# -----------------------------------------------------------------------------
+# Resampling, as torch computes it (adaptive_avg_pool2d, interpolate(mode="bilinear")), in numpy
+
+def area_resize(x, n, axis):
+    """x resized to n along axis by averaging, as torch's adaptive_avg_pool2d does: output i is the
+    mean of inputs floor(i * N / n) up to ceil((i + 1) * N / n), exclusive (windows overlap when n
+    does not divide N). Sums come from a float64 running sum, exact enough at any size."""
+    N = x.shape[axis]
+    if N == n:
+        return x
+    i = np.arange(n)
+    start, end = i * N // n, -(-(i + 1) * N // n)
+    total = np.cumsum(x, axis=axis, dtype=np.float64)
+    total = np.concatenate([np.zeros_like(np.take(total, [0], axis)), total], axis=axis)
+    count = (end - start).reshape([-1 if d == axis % x.ndim else 1 for d in range(x.ndim)])
+    return ((np.take(total, end, axis) - np.take(total, start, axis)) / count).astype(np.float32)
+
+
+def linear_resize(x, n, axis, rows=None):
+    """x resized to n along axis by linear interpolation with half-pixel centres (bilinear's
+    align_corners=False, one axis at a time); rows=(y0, y1) makes only those outputs."""
+    N = x.shape[axis]
+    y0, y1 = rows or (0, n)
+    src = np.maximum((np.arange(y0, y1, dtype=np.float32) + 0.5) * np.float32(N / n) - 0.5, 0)  # in float32, as torch
+    i0 = np.minimum(src.astype(np.int64), N - 1)
+    i1 = np.minimum(i0 + 1, N - 1)
+    frac = (src - i0.astype(np.float32)).reshape([-1 if d == axis % x.ndim else 1 for d in range(x.ndim)])
+    return np.take(x, i0, axis) * (1 - frac) + np.take(x, i1, axis) * frac
+
+
+def pad_to(x, m, mode):
+    """(B, C, h, w) padded on the bottom and right to multiples of m: "edge" repeats the last row and
+    column (L), "constant" adds zeros (hints); the output is cropped back with [..., :h, :w]."""
+    return np.pad(x, ((0, 0), (0, 0), (0, -x.shape[2] % m), (0, -x.shape[3] % m)), mode=mode)
 
 
 def _row_reader(image, max_pixels):

@@ -14,10 +14,9 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from colorizer import display_name, failure_reason, make_output_dir
-from data import (IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, render_shape,
-                  render_to_photo, to_8bit)
 from files import UserError, atomic_write, refuse_inputs_as_output
 from hints import POINT_SIDE, hex_color, square
+from images import IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, render_shape, render_to_photo, to_8bit
 from metrics import colorfulness, colorfulness_gap, image_metrics
 
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_colour")

@@ -1,11 +1,13 @@
 """How this tool writes files and words failures: UserError (a one-line message, no traceback),
-atomic_write (all or nothing, the one way a file that matters is written) and OS errors in words.
+atomic_write (all or nothing, the one way a file that matters is written), OS errors and library
+errors in words, the checks a weights file passes before it is opened, and SIGTERM as Ctrl-C.
 """
 import errno
 import os
 import re
+import signal
 import stat
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 
 
 class UserError(Exception):
@@ -120,3 +122,40 @@ def remove_stale_temporaries(folder, log):
             log(f"warning: cannot remove {path}, left by a save that did not finish: {describe_os_error(e)}")
             continue
         log(f"removed {path}, left by a save that did not finish")
+
+
+def short_reason(error, width=150):
+    """The informative line of a library error, cut to one short line (the whole story is in --debug)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]  # load_state_dict: the first mismatch says more than the heading
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def check_model_file(path):
+    """UserError unless path is a regular file, the first check of every reader of a weights file
+    (.pt or .onnx): a FIFO would block and a device be read for ever, so neither is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(f"{path}: weights file does not exist (train with --train, or pass --weights FILE)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the weights file: {describe_os_error(e)}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder, not a weights file (pass --weights FILE)")
+    if not stat.S_ISREG(mode):  # never opened: a FIFO would block, a device read for ever
+        raise UserError(f"{path}: not a regular file (a pipe, socket or device), so not read as a weights file")
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM ends the work like Ctrl-C, through the cleanup of every with/finally on the way
+    (no half-written output is left); the default SIGTERM would end the process on the spot."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,22 +11,20 @@ A hints file (--hints FILE.json, or photo.hints.json beside photo.jpg) holds
     {"hints": [{"x": 120, "y": 64, "color": "#b02020"}, {"x": 30, "y": 200, "color": "#3060c0"}]}
 """
 import json
-import math
 import os
 import re
 import reprlib
 import stat
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
-from data import AB_SCALE, photo_to_render, rgb_to_lab
 from files import UserError, describe_os_error
-from models import HINT_CHANNELS
+from images import AB_SCALE, photo_to_render, rgb_to_lab
 
 POINT_SIDE = 3          # a user's point hint covers a square of this side, in the pixels the network sees
 MAX_TRAIN_HINTS = 50    # training never draws more hints than this for one image
 SIDECAR_SUFFIX = ".hints.json"
+HINT_CHANNELS = 3      # the generator's hint input beside L: hint a, hint b, and a mask that is 1 where a hint is
 MAX_HINTS_BYTES = 1_000_000  # a hints file is refused above this size (a thousand hints take about 50 kB)
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
@@ -101,48 +99,17 @@ def paint_hints(planes, hints):
 
 
 def hint_planes(hints, W, H, w, h, side=POINT_SIDE):
-    """The generator's hint input (1, 3, h, w) for hints on a W x H photo that the network sees at
+    """The generator's hint input, a float32 array (1, 3, h, w), for hints on a W x H photo that the network sees at
     w x h: each point becomes a side x side square (cut at the borders) of its colour's ab, with the
     mask 1 there. A later hint covers an earlier one where they overlap."""
     hints = check_hints(hints, W, H)
-    planes = torch.zeros(1, HINT_CHANNELS, h, w)
+    planes = np.zeros((1, HINT_CHANNELS, h, w), np.float32)
     if not hints:
         return planes
-    rgb = torch.tensor([c for _, _, c in hints], dtype=torch.float32).T[None, :, :, None]  # (1, 3, n, 1)
-    ab = (rgb_to_lab(rgb)[0, 1:, :, 0] / AB_SCALE).T.tolist()                             # n x (a, b)
+    rgb = np.array([c for _, _, c in hints], np.float32).T[None, :, :, None]  # (1, 3, n, 1)
+    ab = (rgb_to_lab(rgb)[0, 1:, :, 0] / AB_SCALE).T.tolist()                # n x (a, b)
     return paint_hints(planes, [(0, *square(*photo_to_render(x, y, W, H, w, h), side, h, w), a, b)
                                 for (x, y, _), (a, b) in zip(hints, ab)])
-
-
-def simulate_hints(real_B, share=0.5, geom_p=0.125, max_side=9, colour_bias=0.5):
-    """Hints as a user might give them, drawn from the true ab (B, 2, H, W) of a training batch ->
-    (B, 3, H, W). An image gets hints with probability share (else none: the automatic task); then a
-    geometric number of them (1, 2, ... with mean 1/geom_p, at most MAX_TRAIN_HINTS), each a square of
-    1..max_side px carrying the mean true ab of that square. A hint is centred, with probability
-    colour_bias, on a pixel drawn by its chroma (people hint coloured things), else anywhere."""
-    B, _, H, W = real_B.shape
-    planes = real_B.new_zeros(B, HINT_CHANNELS, H, W)
-    geometric = (torch.log(1 - torch.rand(B)) / math.log(1 - geom_p)).floor().long() + 1  # 1, 2, ...
-    counts = torch.where(torch.rand(B) < share, geometric.clamp(max=MAX_TRAIN_HINTS), 0)
-    n = int(counts.sum())
-    if n == 0:
-        return planes
-    img = torch.repeat_interleave(torch.arange(B), counts)               # image of each hint
-    rank = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[img]     # its number within the image
-    chroma = real_B.float().norm(dim=1).flatten(1) + 1e-3                 # (B, H*W), never all zero
-    by_colour = torch.multinomial(chroma, int(counts.max()), replacement=True).cpu()[img, rank]
-    centre = torch.where(torch.rand(n) < colour_bias, by_colour, torch.randint(H * W, (n,)))
-    side = torch.randint(1, max_side + 1, (n,))
-    y0 = (centre // W - (side - 1) // 2).clamp(min=0)
-    x0 = (centre % W - (side - 1) // 2).clamp(min=0)
-    y1, x1 = (y0 + side).clamp(max=H), (x0 + side).clamp(max=W)
-    # the mean true ab of each square, from the integral image (float64: exact enough at any size)
-    integral = F.pad(real_B.double().cumsum(2).cumsum(3), (1, 0, 1, 0))   # (B, 2, H + 1, W + 1)
-    i, a0, a1, b0, b1 = (t.to(real_B.device) for t in (img, y0, y1, x0, x1))
-    sums = integral[i, :, a1, b1] - integral[i, :, a0, b1] - integral[i, :, a1, b0] + integral[i, :, a0, b0]
-    means = (sums / ((a1 - a0) * (b1 - b0))[:, None]).tolist()           # n x (a, b)
-    return paint_hints(planes, [(i, slice(r0, r1), slice(c0, c1), a, b) for i, r0, r1, c0, c1, (a, b)
-                                in zip(img.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), means)])
 
 
 # -----------------------------------------------------------------------------

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from data import pad_to_multiple
-
-HINT_CHANNELS = 3  # colour hints, beside L: hint a, hint b, and a mask that is 1 where a hint is
+from hints import HINT_CHANNELS
 
 
 def _sn(module, enabled):

@@ -15,7 +15,7 @@ from multiprocessing import Pool
 
 from PIL import Image
 
-from data import find_images
+from images import find_images
 
 CAPS = {"imagenette": 1200, "utkface_crop_part1": 1200, "humanfaces160": 1000, "clothing_cc0": 800, "catsdogs": 800}
 

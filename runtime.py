@@ -13,9 +13,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import save_image
 
-from colorizer import pick_device
-from data import lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, without_colour
+from backends import pick_device
 from files import UserError, atomic_write, describe_os_error
+from images import lab_to_net, lab_to_rgb, net_to_lab, rgb_to_lab, without_colour
 from losses import LOSS_NAMES
 
 
@@ -37,19 +37,6 @@ def amp_dtype(device, cfg):
     if device.type == "cpu":
         return torch.bfloat16 if cfg["AMP"] == "bf16" and cpu_has_native_bf16() else torch.float32
     return torch.bfloat16 if cfg["AMP"] == "bf16" else torch.float16
-
-
-def set_threads(cfg):
-    """torch's CPU threads: THREADS, or the cores the 1-minute load average says are free (at least
-    one). On a busy 2-core machine, threads beyond the free cores made each step ~10x slower.
-    Returns the count."""
-    n = cfg["THREADS"]
-    if n == 0:
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        n = max(1, (os.cpu_count() or 1) - int(busy + 0.5))
-        n = min(n, torch.get_num_threads())  # never more than torch (or OMP_NUM_THREADS) chose
-    torch.set_num_threads(n)
-    return n
 
 
 def describe_device(device, cfg):
@@ -163,19 +150,6 @@ def stop_signals(log):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-@contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM ends the work like Ctrl-C, through the cleanup of every with/finally on the way
-    (no half-written output is left); the default SIGTERM would end the process on the spot."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class EpochSampler:

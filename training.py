@@ -5,10 +5,10 @@ from contextlib import nullcontext
 
 import torch
 
-from data import lab_to_rgb, net_to_lab, to_net_input
 from checkpoint import check_finite, file_constants
+from data import simulate_hints, to_net_input
 from files import UserError
-from hints import simulate_hints
+from images import lab_to_rgb, net_to_lab
 from losses import EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss, l1_loss
 from models import imagenet_weights, load_imagenet, memory_format
 from runtime import any_rank
@@ -123,7 +123,7 @@ def net_batch(batch_uint8, device, cfg):
 
 
 def training_hints(real_B, cfg):
-    """Simulated user hints for a batch (hints.simulate_hints with the HINT_* constants)."""
+    """Simulated user hints for a batch (data.simulate_hints with the HINT_* constants)."""
     return simulate_hints(real_B, cfg["HINT_SHARE"], cfg["HINT_GEOM_P"], cfg["HINT_PATCH"],
                           cfg["HINT_COLOUR_BIAS"]).contiguous(memory_format=memory_format(cfg))
 

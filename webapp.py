@@ -14,9 +14,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 from PIL import Image, ImageDraw  # noqa: E402
 
 from colorizer import failure_reason  # noqa: E402
-from data import BadImageError, gray_version, load_image  # noqa: E402
 from files import UserError  # noqa: E402
 from hints import HintError, hex_color, hints_json, parse_color, read_hints  # noqa: E402
+from images import BadImageError, gray_version, load_image  # noqa: E402
 
 PRESETS = {  # name: colour of a hint; only hue and saturation count, the photo keeps its lightness
     "light skin": "#e8b898", "medium skin": "#c68a64", "dark skin": "#8a5a3c",

@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from colorizer import Colorizer  # noqa: E402
-from data import find_images  # noqa: E402
+from images import find_images  # noqa: E402
 from hints import read_hints  # noqa: E402
 from webapp import with_markers  # noqa: E402
 

@@ -12,8 +12,9 @@ import colorize_base as cb
 from checkpoint import load_checkpoint, load_generator
 from colorizer import output_paths
 from conftest import TEST_MAX_PIXELS, make_bad_inputs, make_good_inputs, photo, run_cli
-from data import BadImageError, find_images, load_image, scan_images
+from data import scan_images
 from files import UserError
+from images import BadImageError, find_images, load_image
 
 # -----------------------------------------------------------------------------
 # load_image / find_images / scan_images: the pieces --infer, --eval and training share

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import colorizer as colorizer_module
@@ -77,11 +78,25 @@ def test_bands_of_a_32_bit_gray_image_share_one_scale(weights, monkeypatch):
     assert whole[:40].mean() < 40  # 200 of 65535 is near black, not 200 of 255
 
 
-def test_upsampled_rows_match_torch_interpolate():
-    x = torch.randn(1, 2, 9, 5)
-    full = torch.nn.functional.interpolate(x, size=(40, 5), mode="bilinear", align_corners=False)
-    parts = [colorizer_module._upsample_rows(x, y0, min(40, y0 + 7), 40) for y0 in range(0, 40, 7)]
-    assert torch.allclose(torch.cat(parts, dim=2), full, atol=1e-6)
+@pytest.mark.parametrize("n_in, n_out", [(9, 40), (40, 9), (7, 7), (64, 5), (5, 64), (1, 3), (3, 1), (100, 37)])
+def test_numpy_resampling_matches_torch(n_in, n_out):
+    """The pipeline's numpy resamplers compute what torch does (the torch-free install must colorize
+    as the torch one did): bilinear with half-pixel centres, also made a few rows at a time, and
+    adaptive average pooling with its overlapping windows."""
+    x = torch.randn(1, 2, n_in, n_in + 3)
+    full = F.interpolate(x, size=(n_out, n_in + 3), mode="bilinear", align_corners=False).numpy()
+    assert colorizer_module.linear_resize(x.numpy(), n_out, axis=2).dtype == np.float32  # never float64: memory
+    assert colorizer_module.area_resize(x.numpy(), n_out, axis=2).dtype == np.float32
+    assert np.allclose(colorizer_module.linear_resize(x.numpy(), n_out, axis=2), full, atol=1e-5)
+    parts = [colorizer_module.linear_resize(x.numpy(), n_out, axis=2, rows=(y0, min(n_out, y0 + 7)))
+             for y0 in range(0, n_out, 7)]
+    assert np.allclose(np.concatenate(parts, axis=2), full, atol=1e-5)
+    wide = F.interpolate(x, size=(n_in, n_out), mode="bilinear", align_corners=False).numpy()
+    assert np.allclose(colorizer_module.linear_resize(x.numpy(), n_out, axis=3), wide, atol=1e-5)
+    pooled = F.adaptive_avg_pool2d(x, (n_out, n_in + 3)).numpy()
+    assert np.allclose(colorizer_module.area_resize(x.numpy(), n_out, axis=2), pooled, atol=1e-5)
+    pooled = F.adaptive_avg_pool2d(x, (n_in, n_out)).numpy()
+    assert np.allclose(colorizer_module.area_resize(x.numpy(), n_out, axis=3), pooled, atol=1e-5)
 
 
 def test_readme_python_one_liner_works_from_the_repo_root():
@@ -92,7 +107,7 @@ def test_readme_python_one_liner_works_from_the_repo_root():
 
 
 def test_saturation_scales_the_predicted_colour_in_lab(bundled):
-    from data import rgb_to_lab
+    from images import rgb_to_lab
 
     def ab(img):
         rgb = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
@@ -115,4 +130,17 @@ def test_load_defaults_are_the_constants():
     assert defaults["weights"] == cb.resolve_path(cb.WEIGHTS)
     assert (defaults["render_size"], defaults["max_pixels"], defaults["saturation"]) == \
         (cb.RENDER_SIZE, cb.MAX_PIXELS, cb.SATURATION)
-    assert defaults["device"] == cb.DEVICE
+    assert (defaults["device"], defaults["backend"], defaults["threads"]) == (cb.DEVICE, cb.BACKEND, cb.THREADS)
+
+
+def test_lab_conversion_is_one_definition_for_arrays_and_tensors():
+    """images.py's Lab runs on numpy arrays (inference, the torch-free install) and torch tensors
+    (training): the same numbers either way, and rgb_to_L is rgb_to_lab's L."""
+    from images import lab_to_rgb, rgb_to_L, rgb_to_lab
+    rgb = np.random.default_rng(0).random((2, 3, 16, 24), dtype=np.float32)
+    lab = rgb_to_lab(rgb)
+    assert lab.dtype == np.float32 and rgb_to_L(rgb).dtype == np.float32
+    assert np.allclose(lab, rgb_to_lab(torch.from_numpy(rgb)).numpy(), atol=1e-4)
+    assert np.array_equal(rgb_to_L(rgb), lab[:, :1])
+    assert np.allclose(lab_to_rgb(lab), lab_to_rgb(torch.from_numpy(lab)).numpy(), atol=1e-5)
+    assert np.allclose(lab_to_rgb(lab), rgb, atol=1e-4)

@@ -9,8 +9,8 @@ from PIL import Image
 from skimage import color
 
 from conftest import write_png16
-from data import (ColorizationDataset, expose, find_images, lab_to_net, lab_to_rgb, load_image, mosaic, net_to_lab,
-                  rgb_to_lab, scan_images, srgb_to_linear)
+from data import ColorizationDataset, expose, mosaic, scan_images
+from images import find_images, lab_to_net, lab_to_rgb, load_image, net_to_lab, rgb_to_lab, srgb_to_linear
 
 
 def test_rgb_to_lab_matches_skimage():

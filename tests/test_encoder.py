@@ -14,8 +14,8 @@ import colorize_base as cb
 import training
 from checkpoint import load_checkpoint, load_generator
 from conftest import REPO, make_photos, run_cli, saved_step, tiny_checkpoint, train_args
-from data import lab_to_net, rgb_to_lab
 from files import UserError
+from images import lab_to_net, rgb_to_lab
 from losses import EncoderPerceptualLoss, colourfulness, colourfulness_loss
 from metrics import colorfulness
 from models import (EfficientNetLite, PretrainedUnetGenerator, build_generator, gray_from_L, imagenet_input,

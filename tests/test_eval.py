@@ -9,8 +9,8 @@ from PIL import Image
 
 import colorize_base as cb
 from conftest import make_photos, tiny_checkpoint
-from data import gray_version, rgb_to_lab, to_8bit
 from evaluate import METRICS, center_square, score_file, summarize
+from images import gray_version, rgb_to_lab, to_8bit
 
 
 def photos_and_gray(folder, n=3):

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from backends import TorchNetwork
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from colorizer import Colorizer
 from conftest import make_photos, photo, run_cli, tiny_cfg, tiny_checkpoint, train_args
-from data import AB_SCALE, rgb_to_lab
-from hints import HintError, check_hints, hint_planes, hints_json, parse_color, read_hints, sidecar_path, simulate_hints
+from data import simulate_hints
+from hints import HintError, check_hints, hint_planes, hints_json, parse_color, read_hints, sidecar_path
+from images import AB_SCALE, rgb_to_lab
 from models import build_generator, with_hint_input
 
 
 def ab_of(hex_colour):
-    rgb = torch.tensor(parse_color(hex_colour)).view(1, 3, 1, 1)
+    rgb = np.array(parse_color(hex_colour), np.float32).reshape(1, 3, 1, 1)
     return rgb_to_lab(rgb)[0, 1:, 0, 0] / AB_SCALE
 
 
@@ -34,7 +36,7 @@ def test_hint_planes_put_the_colour_ab_and_the_mask_at_the_scaled_point():
     assert planes.shape == (1, 3, 50, 100)
     mask = planes[0, 2]
     assert mask.sum() == 9 and mask[23:26, 49:52].all()                   # a 3 x 3 square around it
-    assert torch.allclose(planes[0, :2, 24, 50], ab_of("#c02020"), atol=1e-6)
+    assert np.allclose(planes[0, :2, 24, 50], ab_of("#c02020"), atol=1e-6)
     assert (planes[0, :2][:, mask == 0] == 0).all()                       # nothing outside the square
 
 
@@ -42,8 +44,8 @@ def test_hint_planes_at_the_borders_are_cut_not_moved():
     planes = hint_planes([(0, 0, "#2040ff"), (399, 199, "#20ff40")], W=400, H=200, w=100, h=50)
     mask = planes[0, 2]
     assert mask[:2, :2].all() and mask[48:, 98:].all() and mask.sum() == 8   # two 2 x 2 corners
-    assert torch.allclose(planes[0, :2, 0, 0], ab_of("#2040ff"), atol=1e-6)
-    assert torch.allclose(planes[0, :2, 49, 99], ab_of("#20ff40"), atol=1e-6)
+    assert np.allclose(planes[0, :2, 0, 0], ab_of("#2040ff"), atol=1e-6)
+    assert np.allclose(planes[0, :2, 49, 99], ab_of("#20ff40"), atol=1e-6)
 
 
 def test_hints_outside_the_photo_or_malformed_are_named():
@@ -95,7 +97,7 @@ def test_hints_reach_the_network_in_its_own_scale_so_the_saturation_gain_gives_t
     netG = build_generator(cfg).eval()
     seen = []
     netG.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
-    colorizer = Colorizer(netG, cfg, torch.device("cpu"), render_size=64)
+    colorizer = Colorizer(TorchNetwork(netG, cfg, torch.device("cpu")), render_size=64)
     hints = [(30, 20, "#c02020")]
     for saturation in (1.0, 1.45):
         colorizer.colorize(photo(70, 50, 3), hints=hints, saturation=saturation)

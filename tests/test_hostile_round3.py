@@ -14,6 +14,7 @@ from PIL import Image
 
 import colorize_base as cb
 import data
+import images
 import soup
 from checkpoint import load_checkpoint, save_checkpoint
 from conftest import make_photos, photo, run_cli, tiny_checkpoint, train_args
@@ -258,7 +259,7 @@ def test_a_folder_1100_levels_deep_is_searched_to_the_bottom(tmp_path, capsys, w
         Image.fromarray(photo(32, 32, 1)).save(top / "top.png")
         Image.fromarray(photo(32, 32, 2)).save(os.path.join(bottom, "bottom.png"))
         for inputs in ([str(top)], [f"{top}/**/*.png"]):
-            assert len(data.find_images(inputs)) == 2
+            assert len(images.find_images(inputs)) == 2
         assert cb.main(["--infer", str(top), "--weights", weights, "--out", str(tmp_path / "out")]) == 0
         out, err = capsys.readouterr()
         assert "colorized 2 of 2 files" in out and "Traceback" not in err, out + err

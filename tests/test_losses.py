@@ -8,7 +8,7 @@ import torch
 import colorize_base as cb
 import training
 from conftest import tiny_cfg
-from data import lab_to_net, rgb_to_lab
+from images import lab_to_net, rgb_to_lab
 from losses import LOSS_NAMES, VGGLoss, feature_matching_loss, gan_loss, l1_loss
 
 

@@ -22,9 +22,10 @@ import colorize_base as cb
 import losses
 import runtime
 import training
+from backends import TorchNetwork
 from colorizer import Colorizer
 from conftest import make_photos, tiny_cfg
-from data import lab_to_net, lab_to_rgb, rgb_to_lab
+from images import lab_to_net, lab_to_rgb, rgb_to_lab
 from models import UnetGenerator, build_generator
 
 CPU = torch.device("cpu")
@@ -84,7 +85,7 @@ def test_a_photo_many_times_the_render_size_gets_the_prediction_upsampled_withou
 
     netG = KnownColours(h, w, ramp)
     rgb = gray_photo(W, H)
-    out = Colorizer(netG, {}, CPU, render_size=20).colorize(rgb)
+    out = Colorizer(TorchNetwork(netG, {}, CPU), render_size=20).colorize(rgb)
     assert out.size == (W, H) and out.mode == "RGB"
 
     # what the network saw: the photo's L, area-averaged to h x w, edge repeated to the multiple of 8
@@ -118,7 +119,7 @@ def test_output_luminance_is_the_photos_own_at_full_resolution():
     def mild(y, x):
         return 0.25 + 0 * x, -0.2 + 0.01 * y  # a = 27.5, b from -22 to -11: in gamut for L 37..70
 
-    out = Colorizer(KnownColours(11, 16, mild), {}, CPU, render_size=16).colorize(rgb)
+    out = Colorizer(TorchNetwork(KnownColours(11, 16, mild), {}, CPU), render_size=16).colorize(rgb)
     L_in, lab_out = lab_of(rgb)[0], lab_of(out)
     assert_in_gamut(lab_out)
     assert lab_out[1].mean() > 20 and lab_out[2].mean() < -10  # it is coloured
@@ -133,7 +134,7 @@ def test_out_of_gamut_colours_are_clipped_per_rgb_channel_so_their_luminance_can
     def saturated(y, x):  # ab = (99, -88): no sRGB colour has it at L 49..70
         return 0.9 + 0 * x, -0.8 + 0 * y
 
-    out = np.asarray(Colorizer(KnownColours(30, 40, saturated), {}, CPU, render_size=40).colorize(rgb))
+    out = np.asarray(Colorizer(TorchNetwork(KnownColours(30, 40, saturated), {}, CPU), render_size=40).colorize(rgb))
     L_in = lab_of(rgb)[0].numpy()
     exact = np.stack([L_in, np.full_like(L_in, 99.0), np.full_like(L_in, -88.0)], axis=2)
     with warnings.catch_warnings():
@@ -149,7 +150,7 @@ def test_16_bit_gray_photos_are_read_at_their_own_scale():
     img = Image.fromarray(values)
     assert img.mode == "I;16"
     none = KnownColours(32, 48, lambda y, x: (0 * x, 0 * y))
-    out = np.asarray(Colorizer(none, {}, CPU, render_size=48).colorize(img), dtype=float)
+    out = np.asarray(Colorizer(TorchNetwork(none, {}, CPU), render_size=48).colorize(img), dtype=float)
     assert np.abs(out - values[..., None] / 257).max() <= 1
 
 

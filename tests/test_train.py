@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+import backends
 import colorize_base as cb
 import runtime
+from backends import TorchNetwork
 from checkpoint import FORMAT_VERSION, load_checkpoint, load_generator, save_checkpoint
 from colorizer import Colorizer
 from conftest import REPO, make_photos, run_cli, tiny_cfg, train_args
@@ -138,8 +140,8 @@ def test_export_keeps_only_the_ema_generator_in_float16(tmp_path):
     rgb = np.asarray(Image.open(tmp_path / "data" / "p0.png"), dtype=np.float32) / 255
     full, _ = load_generator(ckpt_path, torch.device("cpu"))
     half, _ = load_generator(str(out), torch.device("cpu"))
-    a = np.asarray(Colorizer(full, cfg, torch.device("cpu"), 64).colorize(rgb), dtype=np.float32) / 255
-    b = np.asarray(Colorizer(half, cfg, torch.device("cpu"), 64).colorize(rgb), dtype=np.float32) / 255
+    a = np.asarray(Colorizer(TorchNetwork(full, cfg, torch.device("cpu")), 64).colorize(rgb), dtype=np.float32) / 255
+    b = np.asarray(Colorizer(TorchNetwork(half, cfg, torch.device("cpu")), 64).colorize(rgb), dtype=np.float32) / 255
     assert np.abs(a - b).max() < 2.5 / 255  # float16 storage changes the colours by less than two 8-bit steps
     noted, again = tmp_path / "weights" / "noted.pt", tmp_path / "weights" / "again.pt"
     assert cb.main(["--export", str(noted), "--weights", ckpt_path, "--about", "trained on p0..p3"]) == 0
@@ -206,9 +208,9 @@ def test_cpu_bf16_only_where_native_and_checkpoints_stay_float32(monkeypatch, tm
 def test_threads_default_to_the_free_cores(monkeypatch):
     before = torch.get_num_threads()
     try:
-        assert runtime.set_threads({"THREADS": 1}) == 1 == torch.get_num_threads()
+        assert backends.set_threads({"THREADS": 1}) == 1 == torch.get_num_threads()
         monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count()), 0.0, 0.0))  # every core busy
-        assert runtime.set_threads({"THREADS": 0}) == 1
+        assert backends.set_threads({"THREADS": 0}) == 1
     finally:
         torch.set_num_threads(before)
 

@@ -112,7 +112,7 @@ def shown_image(driver, url, elem_id, old_src=None):
 def chroma(rgb_array):
     import torch
 
-    from data import rgb_to_lab
+    from images import rgb_to_lab
     lab = rgb_to_lab(torch.from_numpy(rgb_array.astype(np.float32) / 255).permute(2, 0, 1)[None])[0]
     return lab[1:].norm(dim=0).numpy(), lab[1].numpy()
 

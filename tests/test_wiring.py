@@ -20,7 +20,7 @@ import training
 from checkpoint import ABSENT_MEANS, load_checkpoint, load_generator, save_checkpoint
 from colorizer import Colorizer
 from conftest import TINY_ARGS, make_photos, photo, run_cli, tiny_cfg, tiny_checkpoint
-from data import BadImageError, lab_to_net, lab_to_rgb, net_to_lab, open_image, rgb_to_lab, without_colour
+from images import BadImageError, lab_to_net, lab_to_rgb, net_to_lab, open_image, rgb_to_lab, without_colour
 
 CPU = torch.device("cpu")
 
