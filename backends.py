@@ -98,6 +98,11 @@ class TorchNetwork:
         self.netG, self.cfg, self.device = netG, cfg, device
         self.multiple, self.hint_channels = netG.multiple, netG.hint_channels
 
+    @property
+    def threads(self):
+        """CPU threads the work around the network may use too: torch's."""
+        return torch.get_num_threads()
+
     @classmethod
     def load(cls, path, device="auto"):
         from checkpoint import load_generator  # torch's file format: not imported by the torch-free install
@@ -126,6 +131,7 @@ class OnnxNetwork:
                             f"(pip install -r requirements-lite.txt)") from None
         check_model_file(path)
         options = ort.SessionOptions()
+        self.threads = threads or os.cpu_count() or 1  # the work around the network uses as many
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads yield the CPU
         options.log_severity_level = 3  # onnxruntime's own warnings would print for every file

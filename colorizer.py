@@ -8,8 +8,10 @@
 is numpy here, one definition for both engines (backends.py): torch, and onnxruntime for .onnx
 models, which needs no PyTorch.
 """
+import collections
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -86,11 +88,14 @@ class Colorizer:
 
         # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
         #    each band is averaged across the width here, the rows below, so full-size L is never held
+        def pooled(band):  # a band's L averaged across the width, and its alpha
+            L, a = luminance(*band)
+            return area_resize(L, w, axis=3), a
+
         L_w = np.empty((1, 1, H, w), np.float32)
         alpha = None
-        for y0, y1 in bands:
-            L, a = luminance(y0, y1)
-            L_w[..., y0:y1, :] = area_resize(L, w, axis=3)
+        for (y0, y1), (L, a) in zip(bands, in_parallel(pooled, bands, self.network.threads)):
+            L_w[..., y0:y1, :] = L
             if a is not None:
                 alpha = np.empty((H, W), np.uint8) if alpha is None else alpha
                 alpha[y0:y1] = np.round(a * 255)
@@ -104,11 +109,13 @@ class Colorizer:
         # 3. ab upsampled to full size (bilinear, separable: the width once, the rows per band) and
         #    joined with the full-resolution L, band by band
         ab_rows = linear_resize(fake_B, W, axis=3)  # (1, 2, h, W)
+        def coloured(band):  # a band of the result, 8-bit RGB
+            rgb = lab_to_rgb(net_to_lab(luminance(*band)[0], linear_resize(ab_rows, H, axis=2, rows=band)))
+            return np.round(rgb[0] * 255).astype(np.uint8).transpose(1, 2, 0)
+
         result = Image.new("RGB", (W, H))
-        for y0, y1 in bands:
-            rgb = lab_to_rgb(net_to_lab(luminance(y0, y1)[0], linear_resize(ab_rows, H, axis=2, rows=(y0, y1))))
-            band = np.round(rgb[0] * 255).astype(np.uint8).transpose(1, 2, 0)
-            result.paste(Image.fromarray(band), (0, y0))
+        for (y0, _), rgb in zip(bands, in_parallel(coloured, bands, self.network.threads)):
+            result.paste(Image.fromarray(rgb), (0, y0))
         if alpha is not None:
             result.putalpha(Image.fromarray(alpha))
         return result
@@ -122,6 +129,23 @@ class Colorizer:
         if saturation > 0:  # in the network's own (muted) scale, so that the gain gives the hinted colour back
             planes[:, :2] /= saturation
         return pad_to(planes, self.network.multiple, "constant")
+
+
+def in_parallel(fn, items, threads):
+    """fn over items, results in order, on up to threads threads (numpy lets go of the GIL in its
+    array work) and never more than threads results ahead of the caller, so a few bands at most
+    are in memory."""
+    if threads <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        ahead = collections.deque()
+        for item in items:
+            ahead.append(pool.submit(fn, item))
+            if len(ahead) >= threads:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 # -----------------------------------------------------------------------------

@@ -144,3 +144,30 @@ def test_lab_conversion_is_one_definition_for_arrays_and_tensors():
     assert np.array_equal(rgb_to_L(rgb), lab[:, :1])
     assert np.allclose(lab_to_rgb(lab), lab_to_rgb(torch.from_numpy(lab)).numpy(), atol=1e-5)
     assert np.allclose(lab_to_rgb(lab), rgb, atol=1e-4)
+
+
+def test_bands_run_on_threads_in_order_and_a_few_at_a_time():
+    import threading
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.01)
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    assert list(colorizer_module.in_parallel(work, list(range(12)), 3)) == [i * i for i in range(12)]
+    assert 1 < most[0] <= 3
+    assert list(colorizer_module.in_parallel(work, [5], 3)) == [25]
+
+
+def test_threads_change_no_pixel(bundled, monkeypatch):
+    img = Image.open(EXAMPLE)
+    monkeypatch.setattr(colorizer_module, "BAND_PIXELS", 481 * 20)  # 17 bands
+    one = np.asarray(bundled.colorize(img))
+    monkeypatch.setattr(type(bundled.network), "threads", property(lambda self: 4))
+    assert np.array_equal(np.asarray(bundled.colorize(img)), one)
