@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import backends
 from colorizer import Colorizer, colorize_files  # noqa: F401 (Colorizer: the Python API)
-from files import UserError, remove_stale_temporaries, sigterm_as_interrupt
+from files import UserError, display_name, remove_stale_temporaries, sigterm_as_interrupt
 
 try:  # all but --infer need PyTorch; without it (requirements-lite.txt) --infer runs ONNX models on onnxruntime
     import torch
@@ -50,7 +50,7 @@ except ModuleNotFoundError as e:
 # -----------------------------------------------------------------------------
 # Constants (relative paths are relative to this file; command-line paths to the current folder)
 DATA_DIR = "../shared/datasets/bsds500/train,../shared/datasets/bsds500/val"  # comma-separated folders, files or globs of colour photos
-VAL_DIR = "../shared/datasets/bsds500/test"  # held-out photos for the sample grids; "" holds out NUM_SAMPLES from DATA_DIR
+VAL_DIR = ""                        # held-out photos for the sample grids (a typo is refused); "" holds out NUM_SAMPLES from DATA_DIR
 RUN_DIR = "runs/default"            # checkpoint.pt, log.csv and samples/ of a training run
 WEIGHTS = "weights/colorizer.pt"    # generator used by --infer: an exported model or a run's checkpoint.pt
 INIT = ""                           # --train from scratch (""), or fine-tune: G and its EMA start from this model or checkpoint
@@ -330,7 +330,7 @@ def train(cfg, fresh=False):
 def _train(cfg, fresh, rank, world, device):
     master, run_dir = rank == 0, cfg["RUN_DIR"]
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
-    log = tqdm.write if master else (lambda msg: None)
+    log = (lambda msg: tqdm.write(display_name(msg))) if master else (lambda msg: None)  # names in it escaped
     torch.manual_seed(cfg["SEED"] + rank)
     dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
     cfg, state = start_state(cfg, ckpt_path, fresh, rank, device, log)
@@ -438,7 +438,7 @@ def main(argv=None):
         if args.export:
             write = export_onnx if args.export.lower().endswith(".onnx") else export
             step = write(cfg["WEIGHTS"], os.path.abspath(args.export), args.about)
-            print(f"wrote {os.path.abspath(args.export)} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
+            print(f"wrote {display_name(os.path.abspath(args.export))} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
             return 0
         colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"], cfg["SATURATION"],
                                    cfg["BACKEND"], threads)
@@ -457,7 +457,7 @@ def main(argv=None):
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {display_name(str(e))}", file=sys.stderr)  # the names in it, escaped
         return 2
 
 

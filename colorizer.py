@@ -9,6 +9,7 @@ is numpy here, one definition for both engines (backends.py): torch, and onnxrun
 models, which needs no PyTorch.
 """
 import collections
+import numbers
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +19,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from backends import OnnxNetwork, TorchNetwork, choose_backend
-from files import UserError, atomic_write, describe_os_error, make_folders
+from files import UserError, atomic_write, describe_os_error, display_name, make_folders
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
-from images import (BadImageError, find_images, image_to_array, integer_scale, lab_to_net, lab_to_rgb, net_to_lab,
-                    open_image, render_shape, rgb_to_L, unique_files)
+from images import (IMG_EXTENSIONS, BadImageError, find_images, float_pixels_problem, image_to_array, integer_scale,
+                    lab_to_net, lab_to_rgb, net_to_lab, open_image, render_shape, rgb_to_L, unique_files)
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "colorizer.pt")
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
@@ -60,7 +61,8 @@ class Colorizer:
     def colorize(self, image, render_size=None, hints=None, saturation=None):
         """Colorize one photo; returns a PIL image of the same size, RGB, or RGBA when the input has alpha.
 
-        image: a file path, a PIL image, or an (H, W) / (H, W, 3) uint8 or float array (floats in [0, 1]).
+        image: a file path, a PIL image, or an (H, W) / (H, W, 3) uint8 or float array (floats in [0, 1];
+        NaN, Inf or values outside [0, 1] are refused), or (H, W, 2) / (H, W, 4) with alpha last.
         hints: colour hints [(x, y, "#rrggbb"), ...] in the image's own pixels (see hints.py); needs
         a model trained with HINT_INPUT. None or [] is the automatic result.
         saturation: the predicted ab is multiplied by it (in Lab, after the network): 1 as predicted,
@@ -71,10 +73,12 @@ class Colorizer:
         """
         render_size = self.render_size if render_size is None else render_size
         saturation = self.saturation if saturation is None else saturation
-        if not (isinstance(render_size, int) and render_size > 0):
+        # NumPy scalars count as numbers (numbers.Integral / Real); True and False do not
+        if isinstance(render_size, bool) or not (isinstance(render_size, numbers.Integral) and render_size > 0):
             raise ValueError(f"render_size must be a positive whole number of pixels, got {render_size!r}")
-        if not (isinstance(saturation, (int, float)) and 0 <= saturation < float("inf")):
+        if isinstance(saturation, bool) or not (isinstance(saturation, numbers.Real) and 0 <= saturation < float("inf")):
             raise ValueError(f"saturation must be a number >= 0, got {saturation!r}")
+        render_size, saturation = int(render_size), float(saturation)
         read_rows, H, W = _row_reader(image, self.max_pixels)
         step = max(1, BAND_PIXELS // W)
         bands = [(y, min(H, y + step)) for y in range(0, H, step)]
@@ -186,33 +190,44 @@ def pad_to(x, m, mode):
 
 def _row_reader(image, max_pixels):
     """(read_rows, H, W) for a path, PIL image or array; read_rows(y0, y1) gives those rows as
-    (float RGB (h, W, 3) in [0, 1], alpha (h, W) or None), so a huge photo is never held in float."""
+    (float RGB (h, W, 3) in [0, 1], alpha (h, W) or None), so a huge photo is never held in float.
+    The same rules for all three: at most max_pixels, and float pixels finite and in [0, 1]
+    (open_image checks files, float_pixels_problem the rest)."""
     if isinstance(image, (str, os.PathLike)):
         image = open_image(os.fspath(image), max_pixels)
     if isinstance(image, Image.Image):
         W, H = image.size
         if W * H > max_pixels:
             raise ValueError(f"image of {W}x{H} = {W * H} pixels is over the limit of {max_pixels}")
+        problem = float_pixels_problem(image)
+        if problem:
+            raise ValueError(f"PIL image: {problem}")
         scale = integer_scale(image) if image.mode.startswith("I") else None
         return (lambda y0, y1: image_to_array(image.crop((0, y0, W, y1)), scale)), H, W
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or 0 in arr.shape:
-        raise ValueError(f"expected an (H, W) or (H, W, 3) image array, got shape {np.shape(image)}")
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or 0 in arr.shape:
+        raise ValueError(f"expected an (H, W), (H, W, 3) or, with alpha, (H, W, 2) / (H, W, 4) image array, "
+                         f"got shape {np.shape(image)}")
+    H, W = arr.shape[:2]
+    if W * H > max_pixels:
+        raise ValueError(f"image array of {W}x{H} = {W * H} pixels is over the limit of {max_pixels}")
     if arr.dtype == np.uint8:
         scale = 255.0
     elif arr.dtype.kind == "f":
         scale = 1.0
-        if not np.isfinite(arr).all():
-            raise ValueError("image array holds NaN or Inf values")
+        problem = float_pixels_problem(arr)
+        if problem:
+            raise ValueError(f"image array: {problem}")
     else:
         raise ValueError(f"expected a uint8 or float image array, got dtype {arr.dtype}")
-    H, W = arr.shape[:2]
+    colour = 3 if arr.shape[2] >= 3 else 1  # (H, W, 2) is gray and alpha, (H, W, 4) RGB and alpha, as LA / RGBA
 
     def read_rows(y0, y1):
-        rgb = np.clip(arr[y0:y1].astype(np.float32) / scale, 0, 1)
-        return np.broadcast_to(rgb, (y1 - y0, W, 3)).copy(), None
+        rows = arr[y0:y1].astype(np.float32) / scale
+        alpha = rows[..., colour] if arr.shape[2] > colour else None
+        return np.broadcast_to(rows[..., :colour], (y1 - y0, W, 3)).copy(), alpha
     return read_rows, H, W
 
 
@@ -224,12 +239,21 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
     Colour hints come from hints_file (one input photo only), else from photo.hints.json beside each
     photo when there is one. A file that fails (or its hints) is reported by name and the others
     still run. Returns the number that failed."""
-    files, failed, unreadable = [], [], []
-    for p in inputs:  # a missing input is reported, the others still run
+    files, failed, unreadable, empty = [], [], [], []
+    for p in inputs:  # a missing input, or a folder without images, is reported; the others still run
+        n_unreadable = len(unreadable)
         try:
-            files += find_images([p], unreadable)
+            found = find_images([p], unreadable)
         except FileNotFoundError:
             failed.append((p, "no such file, folder or pattern"))
+            continue
+        if not found and len(unreadable) == n_unreadable:  # a folder (even one named x.jpg) with no photo in it
+            empty.append(p)
+        files += found
+    if empty and not files and not failed and not unreadable:
+        raise UserError(f"no image files in {', '.join(map(display_name, empty))} "
+                        f"(a folder is searched for {', '.join(sorted(IMG_EXTENSIONS))}), so nothing was colorized")
+    failed += [(p, f"a folder holding no image files ({', '.join(sorted(IMG_EXTENSIONS))})") for p in empty]
     failed += [(folder, f"cannot read this folder ({why}), so the photos in it were not colorized")
                for folder, why in unreadable]
     files = unique_files(files)  # one real file once, across inputs too
@@ -255,11 +279,11 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
                 raise
             failed.append((f, failure_reason(f, e)))
     folders = f"; {len(unreadable)} folder(s) could not be read" if unreadable else ""
-    print(f"colorized {n_ok} of {n_ok + len(failed) - len(unreadable)} files into {out_dir}{folders}")
+    print(f"colorized {n_ok} of {n_ok + len(failed) - len(unreadable)} files into {display_name(out_dir)}{folders}")
     if failed:
         print(f"{len(failed)} failed:", file=sys.stderr)
     for f, why in failed:
-        print(f"failed: {display_name(f)}: {why}", file=sys.stderr)
+        print(f"failed: {display_name(f)}: {display_name(why)}", file=sys.stderr)
     return len(failed)
 
 
@@ -317,13 +341,8 @@ def make_output_dir(path):
     return path
 
 
-def display_name(path):
-    """A path as printable text, even when the file name is not valid UTF-8."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def failure_reason(path, error):
     """One line saying why a file failed: a BadImageError's own reason, else the error in short."""
     if isinstance(error, (BadImageError, UserError)):
         return display_name(str(error).removeprefix(path + ": "))
-    return f"unexpected error {type(error).__name__}: {error} (run with --debug for details)"
+    return display_name(f"unexpected error {type(error).__name__}: {error} (run with --debug for details)")

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from files import UserError
+from files import UserError, display_name
 from hints import HINT_CHANNELS, MAX_TRAIN_HINTS, paint_hints
 from images import (BadImageError, find_images, is_grayscale, lab_to_net, linear_to_srgb, load_image, rgb_to_lab,
                     srgb_to_linear)
@@ -26,13 +26,13 @@ def scan_images(paths, max_pixels, log=print):
     good, n_gray, unreadable = [], 0, []
     files = find_images(paths, unreadable)
     for folder, why in unreadable:
-        log(f"warning: skipping the folder {folder}: cannot read it ({why}); the photos in it are not used")
+        log(f"warning: skipping the folder {display_name(folder)}: cannot read it ({why}); the photos in it are not used")
     n_bad = len(unreadable)
     for path in tqdm(files, desc="checking images", unit="img", leave=False, dynamic_ncols=True):
         try:
             rgb, _ = load_image(path, max_pixels)
         except BadImageError as e:
-            log(f"warning: skipping {e}")
+            log(f"warning: skipping {display_name(str(e))}")
             n_bad += 1
             continue
         if is_grayscale(rgb):
@@ -74,7 +74,7 @@ class ColorizationDataset(Dataset):
                 rgb, _ = load_image(path, self.max_pixels)
                 break
             except BadImageError as e:
-                warnings.warn(f"skipping {e}", stacklevel=2)
+                warnings.warn(f"skipping {display_name(str(e))}", stacklevel=2)
         else:
             raise RuntimeError("every training image failed to load")
         img = torch.from_numpy(np.round(rgb * 255).astype(np.uint8)).permute(2, 0, 1)
@@ -164,7 +164,10 @@ def split_files(cfg, log):
     except FileNotFoundError as e:
         raise UserError(f"--data: {e}") from None
     log(f"data: {len(train_files)} colour images, {n_gray} grayscale left out, {n_bad} unreadable skipped")
-    if cfg["VAL_DIR"] and os.path.exists(cfg["VAL_DIR"]):
+    if cfg["VAL_DIR"] and not os.path.lexists(cfg["VAL_DIR"]):  # a typo must not quietly hold out training photos
+        raise UserError(f"--val-dir {display_name(cfg['VAL_DIR'])}: no such folder or file (pass --val-dir \"\" "
+                        f"to hold out {cfg['NUM_SAMPLES']} of the training photos instead)")
+    if cfg["VAL_DIR"]:
         val_files, _, _ = scan_images([cfg["VAL_DIR"]], cfg["MAX_PIXELS"], log)
         if not val_files:
             raise UserError(f"--val-dir {cfg['VAL_DIR']}: no usable colour images (pass --val-dir \"\" to hold "

@@ -174,9 +174,9 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
     failed = [(r["file"], r["error"]) for r in rows if r["status"] == "failed"]
     n_ok = sum(r["status"] == "ok" for r in rows)
     for f in gray_files:
-        print(f"gray, left out: {f}")
+        print(f"gray, left out: {display_name(f)}")
     for f, why in failed:
-        print(f"failed: {f}: {why}", file=sys.stderr)
+        print(f"failed: {display_name(f)}: {display_name(why)}", file=sys.stderr)
     write_csv(rows, os.path.join(out_dir, "metrics.csv"))
     if not n_ok:
         raise UserError(f"--eval {data_dir}: no colour photos could be scored "
@@ -195,8 +195,16 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
     print(f"\n{n_ok} colour photos from {display_name(data_dir)} at {size}, rendered at {colorizer.render_size} px; "
           f"{len(gray_files)} gray left out, {len(failed)} failed")
     print(format_table(summary))
-    print(f"wrote metrics.csv, summary.json and sheet.png to {out_dir}")
+    print(f"wrote metrics.csv, summary.json and sheet.png to {display_name(out_dir)}")
     return len(failed)
+
+
+def spreadsheet_text(value):
+    """A text cell of metrics.csv as a spreadsheet shows it: a file name (or error) starting with =, +, -
+    or @ would be run as a formula when the CSV is opened (formula injection, "=HYPERLINK(...)"), so
+    it gets a leading ' , which spreadsheets take as "this is text" and do not show. Tab and CR, the
+    other starters, are already escaped by display_name."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
 
 
 def write_csv(rows, path):
@@ -205,5 +213,5 @@ def write_csv(rows, path):
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, columns)
     writer.writeheader()
-    writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else spreadsheet_text(v) for k, v in r.items()} for r in rows)
     atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()), "report")

@@ -14,6 +14,20 @@ class UserError(Exception):
     """A problem with what the user asked for or gave; printed as one line, without a traceback."""
 
 
+# What a terminal would act on in a name: C0 controls (ESC starts escape sequences, CR rewrites the line), DEL,
+# C1 controls, and the Unicode line separators and bidirectional overrides (which reorder what is shown)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def display_name(path):
+    """A path (or a message holding one) as safe printable text, the one form in which this tool prints
+    a name: bytes that are not UTF-8 become U+FFFD, and control characters are escaped (ESC as \\x1b)
+    so that a file name can neither drive the terminal nor spoof a line of output."""
+    text = os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
 TMP_MARK = ".tmp"  # every temporary file's name has it: ".<name>.tmp<pid>"
 TMP_NAME = re.compile(r"\..+" + re.escape(TMP_MARK) + r"\d+")  # the whole name of one
 

@@ -11,6 +11,7 @@ A hints file (--hints FILE.json, or photo.hints.json beside photo.jpg) holds
     {"hints": [{"x": 120, "y": 64, "color": "#b02020"}, {"x": 30, "y": 200, "color": "#3060c0"}]}
 """
 import json
+import numbers
 import os
 import re
 import reprlib
@@ -50,8 +51,8 @@ def parse_color(color):
         if m and all(float(v) <= 255 for v in m.groups()[:3]):
             return tuple(float(v) / 255 for v in m.groups()[:3])
     elif (isinstance(color, (tuple, list)) and len(color) == 3
-          and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
-        return tuple(c / 255 for c in color)
+          and all(isinstance(c, numbers.Real) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
+        return tuple(float(c) / 255 for c in color)
     raise HintError(f"colour must be '#rrggbb' or (r, g, b) in 0..255, got {short_repr(color)}")
 
 
@@ -71,7 +72,8 @@ def check_hints(hints, W, H):
         except (TypeError, ValueError):
             raise HintError(f"hint {i}: expected (x, y, colour), got {short_repr(hint)}") from None
         for name, v, n in (("x", x, W), ("y", y, H)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < n:  # NaN fails here too
+            # numbers.Real: NumPy scalars (np.int64, np.float32) count; True and False do not; NaN fails the range
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < n:
                 raise HintError(f"hint {i}: {name} must be a pixel coordinate in [0, {n}) of this "
                                 f"{W}x{H} photo, got {short_repr(v)}")
         try:
@@ -168,7 +170,9 @@ def _read_small_file(path):
 def _parse_json(path, raw):
     """The JSON value of the bytes raw read from the hints file path; UserError naming the file."""
     try:
-        return json.loads(raw.decode("utf-8-sig"))  # -sig: Notepad starts UTF-8 files with a BOM
+        # json decodes bytes as UTF-8 with or without a BOM (Notepad writes one), or UTF-16 / UTF-32
+        # (Notepad's "Unicode"), telling them apart by the first bytes
+        return json.loads(raw)
     except RecursionError:  # the C decoder nests one Python frame per level
         raise UserError(f"{path}: not a valid hints file: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError

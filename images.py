@@ -239,6 +239,10 @@ def open_image(path, max_pixels=100_000_000):
         img.seek(0)
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a huge photo
+        problem = float_pixels_problem(img)
+        if problem:
+            img.close()
+            raise BadImageError(f"{path}: {problem}")
         return img
     except BadImageError:
         raise
@@ -249,6 +253,30 @@ def open_image(path, max_pixels=100_000_000):
                             f"{2 * Image.MAX_IMAGE_PIXELS} pixels (--max-pixels is {max_pixels})") from None
     except Exception as e:  # decoders of damaged files raise all sorts (OSError, SyntaxError, struct.error...)
         raise BadImageError(f"{path}: {_plain_reason(path, e)}") from None
+
+
+def float_pixels_problem(image, band_pixels=1 << 20):
+    """Why the pixels of a float image (a PIL mode "F" image, a float array) cannot be used, or None:
+    NaN or Inf, or values outside [0, 1] (a float image in 0..255 would come out white). One rule for
+    files, PIL images and arrays; checked in bands of rows, so no full-size copy is made."""
+    is_pil = isinstance(image, Image.Image)
+    if (image.mode != "F") if is_pil else (image.dtype.kind != "f"):
+        return None
+    W, H = image.size if is_pil else image.shape[1::-1]
+
+    def rows(y0, y1):
+        return np.asarray(image.crop((0, y0, W, y1)), dtype=np.float32) if is_pil else image[y0:y1]
+    lo, hi = np.inf, -np.inf
+    step = max(1, band_pixels // max(1, W))
+    for y in range(0, H, step):
+        band = rows(y, min(H, y + step))
+        if not np.isfinite(band).all():
+            return "holds NaN or Inf pixel values (float pixels must be finite numbers in [0, 1])"
+        lo, hi = min(lo, float(band.min(initial=np.inf))), max(hi, float(band.max(initial=-np.inf)))
+    if lo < 0 or hi > 1:
+        return (f"float pixel values must be in [0, 1], these are in [{lo:g}, {hi:g}] "
+                f"(divide by 255 or 65535 first, or save the image as 8 or 16 bits)")
+    return None
 
 
 def integer_scale(img):

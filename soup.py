@@ -17,7 +17,7 @@ import torch
 
 import colorize_base as cb
 from checkpoint import check_finite, file_constants, generator_from, load_checkpoint, write_model
-from files import UserError, check_writable_target, refuse_inputs_as_output
+from files import UserError, check_writable_target, display_name, refuse_inputs_as_output
 
 POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
 
@@ -84,9 +84,9 @@ def main(argv=None):
         about = args.about or " | ".join(c["about"] for c in ckpts if isinstance(c.get("about"), str) and c["about"])
         write_model(args.out, ckpts[0]["cfg"], max(c.get("step", 0) for c in ckpts), netG.state_dict(), about)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {display_name(str(e))}", file=sys.stderr)  # the names in it, escaped
         return 2
-    print(f"wrote {args.out}: the average of {len(args.models)} generators")
+    print(f"wrote {display_name(args.out)}: the average of {len(args.models)} generators")
     return 0
 
 

@@ -187,7 +187,7 @@ def test_paths_on_the_command_line_are_relative_to_the_current_folder_and_consta
     assert defaults["WEIGHTS"] == os.path.join(REPO, "weights", "colorizer.pt")
     assert defaults["RUN_DIR"] == os.path.join(REPO, "runs", "default")
     assert defaults["DATA_DIR"] == f"{os.path.join(shared, 'train')},{os.path.join(shared, 'val')}"
-    assert defaults["VAL_DIR"] == os.path.join(shared, "test")
+    assert defaults["VAL_DIR"] == ""  # held out from DATA_DIR: no folder that only this machine has
     assert defaults["VGG_WEIGHTS"] == ""  # empty stays empty: no path at all
 
 

@@ -1,0 +1,262 @@
+"""Issue 20, the classes of its third hostile round not in test_hostile_round3.py: names that are
+formulas or hold control characters, inputs that hold no images, a --val-dir that does not exist,
+the Python API's numbers and arrays, float pixels (NaN, or outside [0, 1]) from any source, and
+hints files with a byte-order mark."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import colorize_base as cb
+import data
+from colorize_base import Colorizer
+from conftest import make_photos, photo, run_cli, tiny_checkpoint
+from hints import read_hints
+from test_hostile_inputs import one_line_error
+from test_hostile_round3 import one_line, snapshot
+
+
+def _failed_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("failed: ")]
+
+
+# -----------------------------------------------------------------------------
+# Security: names as formulas, names with control characters
+
+FORMULA_NAMES = ["=1+1.png", "+cmd.png", "-2+3.png", "@SUM(A1).png"]
+
+
+def test_eval_writes_names_that_look_like_formulas_as_text(tmp_path, capsys, weights):
+    album = tmp_path / "album"
+    album.mkdir()
+    for i, name in enumerate(FORMULA_NAMES):
+        Image.fromarray(photo(32, 32, i)).save(album / name)
+    (album / "=bad.png").write_text("not an image")  # a failed row is written the same way
+    before = snapshot(*(album / f for f in os.listdir(album)))
+    assert cb.main(["--eval", str(album), "--weights", weights, "--out", str(tmp_path / "eval")]) == 1
+    capsys.readouterr()
+    with open(tmp_path / "eval" / "metrics.csv", newline="") as f:
+        cells = {row["file"]: row for row in csv.DictReader(f)}
+    assert sorted(cells) == sorted("'" + n for n in [*FORMULA_NAMES, "=bad.png"]), cells
+    assert cells["'=bad.png"]["status"] == "failed" and cells["'+cmd.png"]["status"] == "ok"
+    assert not any(v[:1] in "=+-@" for row in cells.values() for v in row.values() if v and not v[1:2].isdigit())
+    assert snapshot(*(album / f for f in os.listdir(album))) == before
+
+
+CONTROL_NAMES = ["esc\x1b]0;owned\x07.png", "cr\rfailed: spoofed.png", "c1\x9b31m.png", "del\x7f.png",
+                 "tab\tnl\nx.png", "bidi\u202egnp.png"]
+
+
+def _no_raw_controls(text):
+    """No control character from a name in text; CR only as tqdm's progress bar writes it, never before a word."""
+    bad = [c for c in text if (ord(c) < 32 and c not in "\n\r") or 0x7f <= ord(c) <= 0x9f or c == "\u202e"]
+    assert not bad and "\rfailed: spoofed" not in text, repr(text)
+
+
+def test_control_characters_in_names_are_printed_escaped_everywhere(tmp_path, weights):
+    album = tmp_path / "album"
+    album.mkdir()
+    for name in CONTROL_NAMES:
+        (album / name).write_text("not an image")  # each one a "failed:" line naming it
+    Image.fromarray(photo(32, 32, 1)).save(album / "good\x1b[2J.png")
+    before = snapshot(*(album / f for f in os.listdir(album)))
+    p = run_cli("--infer", album, "--weights", weights, "--out", tmp_path / "out")
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "colorized 1 of 7" in p.stdout, p.stdout + p.stderr
+    _no_raw_controls(p.stdout + p.stderr)
+    failed = _failed_lines(p.stderr)
+    assert len(failed) == 6 and f"failed: {album}/esc\\x1b]0;owned\\x07.png: not an image" in p.stderr, failed
+    assert "cr\\x0dfailed: spoofed.png" in p.stderr and "c1\\x9b31m.png" in p.stderr and "\\u202e" in p.stderr
+    assert os.path.exists(tmp_path / "out" / "good\x1b[2J.png")  # the file itself keeps its name
+    # --eval: the table, the "failed:" lines and metrics.csv
+    p = run_cli("--eval", album, "--weights", weights, "--out", tmp_path / "eval")
+    assert p.returncode == 1 and "Traceback" not in p.stderr and len(_failed_lines(p.stderr)) == 6, p.stderr
+    _no_raw_controls(p.stdout + p.stderr)
+    _no_raw_controls((tmp_path / "eval" / "metrics.csv").read_text().replace("\r\n", "\n"))
+    # a refusal (one "error:" line) and a training warning name it escaped too
+    p = run_cli("--infer", album / "good\x1b[2J.png", "--hints", album / "esc\x1b]0;owned\x07.png",
+                "--weights", weights, "--out", tmp_path / "out2")
+    assert p.returncode == 1 and "esc\\x1b]0;owned\\x07.png" in p.stderr, p.stderr
+    _no_raw_controls(p.stdout + p.stderr)
+    p = run_cli("--infer", tmp_path / "no\x1bsuch", "--weights", weights, "--out", tmp_path / "out3")
+    assert p.returncode == 1 and "no\\x1bsuch" in p.stderr, p.stderr
+    _no_raw_controls(p.stdout + p.stderr)
+    logged = []
+    data.scan_images([str(album)], 10_000, logged.append)
+    assert sum("warning: skipping " in m for m in logged) == 6, logged
+    _no_raw_controls("\n".join(logged))
+    assert snapshot(*(album / f for f in os.listdir(album))) == before
+
+
+# -----------------------------------------------------------------------------
+# Inputs that hold no images
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.mkdir(),                                                 # an empty folder
+    lambda p: (p.mkdir(), (p / "notes.txt").write_text("hi"), (p / "sub").mkdir()),  # no image in it, at any depth
+    lambda p: (p.mkdir(), (p / "sub").mkdir()),
+])
+@pytest.mark.parametrize("name", ["album", "x.jpg"])                   # a folder named like a photo too
+def test_an_input_without_images_is_refused_naming_it(tmp_path, weights, make, name):
+    make(tmp_path / name)
+    before = sorted(os.listdir(tmp_path))
+    p = run_cli("--infer", tmp_path / name, "--weights", weights, "--out", tmp_path / "out")
+    one_line_error(p, f"no image files in {tmp_path / name} ", "nothing was colorized")
+    assert "colorized 0 of 0" not in p.stdout
+    p = run_cli("--eval", tmp_path / name, "--weights", weights, "--out", tmp_path / "eval")
+    one_line_error(p, f"--eval {tmp_path / name}: no image files there")
+    assert sorted(os.listdir(tmp_path)) == before  # no output folder made
+
+
+def test_an_empty_folder_among_other_inputs_fails_by_name_and_the_rest_run(tmp_path, capsys, weights):
+    make_photos(tmp_path / "album", n=2)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "y.jpg").mkdir()
+    assert cb.main(["--infer", str(tmp_path / "album"), str(tmp_path / "empty"), str(tmp_path / "y.jpg"),
+                    "--weights", weights, "--out", str(tmp_path / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert "colorized 2 of 4" in out and "Traceback" not in err, out + err
+    assert f"failed: {tmp_path / 'empty'}: a folder holding no image files" in err, err
+    assert f"failed: {tmp_path / 'y.jpg'}: a folder holding no image files" in err, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["p0.png", "p1.png"]
+
+
+# -----------------------------------------------------------------------------
+# A --val-dir that does not exist
+
+def test_a_val_dir_that_does_not_exist_is_refused_naming_it(tmp_path, capsys):
+    data_dir, run_dir = make_photos(tmp_path / "data", n=4), tmp_path / "run"
+    for val_dir in (tmp_path / "vall", tmp_path / "nowhere" / "val"):
+        assert cb.main(["--train", "--data", data_dir, "--val-dir", str(val_dir), "--run-dir", str(run_dir),
+                        "--steps", "1", "--device", "cpu"]) == 2
+        one_line(capsys.readouterr().err, f"--val-dir {val_dir}: no such folder", '--val-dir ""')
+        assert not run_dir.exists() or os.listdir(run_dir) == ["lock"]  # no checkpoint, log or samples
+    # "" keeps its meaning: NUM_SAMPLES held out of DATA_DIR
+    cfg = {**cb.CONSTANTS, "DATA_DIR": data_dir, "VAL_DIR": "", "MAX_PIXELS": 10_000, "NUM_SAMPLES": 1}
+    train_files, val_files = data.split_files(cfg, lambda msg: None)
+    assert len(train_files) == 3 and len(val_files) == 1
+
+
+# -----------------------------------------------------------------------------
+# The Python API: numbers and arrays
+
+@pytest.fixture(scope="module")
+def small(weights):
+    return Colorizer.load(weights, device="cpu", render_size=32, max_pixels=5000, saturation=1.0)
+
+
+def test_numpy_scalars_are_numbers_and_bools_are_not(small, tmp_path):
+    hinted = Colorizer.load(tiny_checkpoint(tmp_path / "hints.pt", HINT_INPUT=True), device="cpu", render_size=32)
+    rgb = photo(32, 24, 1)
+    plain = np.asarray(small.colorize(rgb, render_size=32, saturation=1.5))
+    for size in (np.int64(32), np.int32(32), np.uint16(32)):
+        assert np.array_equal(np.asarray(small.colorize(rgb, render_size=size, saturation=np.float32(1.5))), plain)
+    hints = [(np.int64(3), np.float32(4.5), "#ff0000"), (np.float64(10), np.uint8(7), (np.int64(0), 200, 0.5))]
+    assert np.array_equal(np.asarray(hinted.colorize(rgb, hints=hints)),
+                          np.asarray(hinted.colorize(rgb, hints=[(3, 4.5, "#ff0000"), (10.0, 7, (0, 200, 0.5))])))
+    for bad in (True, False, np.bool_(True), 32.0, np.float32(32), 0, -1, "32"):
+        with pytest.raises(ValueError, match="render_size must be a positive whole number of pixels, got "):
+            small.colorize(rgb, render_size=bad)
+    for bad in (True, np.float32("nan"), -1):
+        with pytest.raises(ValueError, match="saturation must be a number >= 0, got "):
+            small.colorize(rgb, saturation=bad)
+    for bad in (True, np.float32("nan"), np.int64(99), "3"):
+        with pytest.raises(ValueError, match="hint 1: x must be a pixel coordinate in"):
+            hinted.colorize(rgb, hints=[(bad, 1, "#ff0000")])
+
+
+def test_arrays_are_held_to_max_pixels_as_files_and_pil_images_are(small):
+    for image in (np.zeros((80, 80, 3), np.uint8), np.zeros((80, 80), np.float32), Image.new("RGB", (80, 80))):
+        with pytest.raises(ValueError, match="80x80 = 6400 pixels is over the limit of 5000"):
+            small.colorize(image)
+    assert small.colorize(np.zeros((70, 70, 3), np.uint8)).size == (70, 70)  # 4900: under
+
+
+def test_arrays_with_alpha_give_rgba_as_rgba_images_do(small):
+    rgba = np.dstack([photo(30, 20, 2), np.linspace(0, 255, 600).reshape(20, 30).astype(np.uint8)])
+    from_image = small.colorize(Image.fromarray(rgba))  # RGBA
+    for given in (rgba, rgba.astype(np.float32) / 255):
+        out = small.colorize(given)
+        assert out.mode == "RGBA" and out.size == (30, 20)
+        assert np.array_equal(np.asarray(out), np.asarray(from_image))
+    la = np.dstack([rgba[..., 0], rgba[..., 3]])  # (H, W, 2): gray and alpha, as an LA image
+    assert np.array_equal(np.asarray(small.colorize(la)), np.asarray(small.colorize(Image.fromarray(la))))
+    for shape in ((4, 4, 5), (4, 4, 0), (4, 4, 4, 1)):
+        with pytest.raises(ValueError, match="image array"):
+            small.colorize(np.zeros(shape, np.uint8))
+
+
+# -----------------------------------------------------------------------------
+# Float pixels: one rule for files, PIL images and arrays
+
+def _float_tiff(path, values):
+    Image.fromarray(values.astype(np.float32)).save(path)  # mode F
+    return path
+
+
+def test_nan_or_out_of_range_float_pixels_are_refused_from_any_source(tmp_path, capsys, small, weights):
+    ramp = np.linspace(0, 1, 24 * 32, dtype=np.float32).reshape(24, 32)
+    nan = ramp.copy()
+    nan[5, 7] = np.nan
+    cases = {"nan.tif": (nan, "holds NaN or Inf"), "inf.tif": (np.where(ramp > 0.5, np.inf, ramp), "holds NaN or Inf"),
+             "bytes.tif": (ramp * 255, "must be in [0, 1]"), "negative.tif": (ramp - 0.5, "must be in [0, 1]")}
+    album = tmp_path / "album"
+    album.mkdir()
+    for name, (values, why) in cases.items():
+        _float_tiff(album / name, values)
+        with pytest.raises(ValueError, match=rf"PIL image: .*{why.replace('[', '.').replace(']', '.')}"):
+            small.colorize(Image.open(album / name))
+        with pytest.raises(ValueError, match=rf"image array: .*{why.replace('[', '.').replace(']', '.')}"):
+            small.colorize(values)
+    _float_tiff(album / "good.tif", ramp)
+    before = snapshot(*(album / f for f in os.listdir(album)))
+    assert cb.main(["--infer", str(album), "--weights", weights, "--out", str(tmp_path / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert "colorized 1 of 5" in out and "Traceback" not in err, out + err
+    for name, (_, why) in cases.items():
+        assert any(line.startswith(f"failed: {album / name}: ") and why in line for line in _failed_lines(err)), err
+    assert "[0, 255]" in err  # the range found, so the user sees what is wrong
+    assert sorted(os.listdir(tmp_path / "out")) == ["good.png"]
+    # --eval and --train's scan refuse them the same way, by name
+    cb.main(["--eval", str(album), "--weights", weights, "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(_failed_lines(err)) == 4, err
+    logged = []
+    data.scan_images([str(album)], 10_000, logged.append)
+    assert sum(f"warning: skipping {album}" in m and ("NaN" in m or "[0, 1]" in m) for m in logged) == 4, logged
+    assert snapshot(*(album / f for f in os.listdir(album))) == before
+    # in range: a float file, PIL image and array give what the 8-bit version gives
+    assert np.array_equal(np.asarray(small.colorize(ramp)), np.asarray(small.colorize(Image.fromarray(ramp))))
+
+
+# -----------------------------------------------------------------------------
+# Hints files with a byte-order mark
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_hints_files_with_a_byte_order_mark_or_in_utf16_are_read(tmp_path, capsys, encoding):
+    hinted = tiny_checkpoint(tmp_path / "h.pt", HINT_INPUT=True)
+    album = tmp_path / "album"
+    make_photos(album, n=2, size=(32, 32))
+    text = json.dumps({"hints": [{"x": 3, "y": 4, "color": "#c02020"}]})
+    (tmp_path / "bom.json").write_bytes(text.encode(encoding))
+    (album / "p0.hints.json").write_bytes(text.encode(encoding))  # a sidecar, as Notepad saves it
+    before = snapshot(tmp_path / "bom.json", album / "p0.hints.json")
+    def infer(*args):
+        code = cb.main(["--infer", *map(str, args), "--weights", hinted])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err and "failed" not in err, err
+        return code, out
+    assert infer(album / "p1.png", "--hints", tmp_path / "bom.json", "--out", tmp_path / "out") == \
+        (0, f"colorized 1 of 1 files into {tmp_path / 'out'}\n")
+    assert infer(album, "--out", tmp_path / "out2") == (0, f"colorized 2 of 2 files into {tmp_path / 'out2'}\n")
+    assert read_hints(str(album / "p0.hints.json")) == [(3, 4, "#c02020")]
+    # read, not skipped: a hint outside the photo, in the same encoding, fails that photo by name
+    (album / "p1.hints.json").write_bytes(text.replace('"x": 3', '"x": 999').encode(encoding))
+    assert cb.main(["--infer", str(album), "--weights", hinted, "--out", str(tmp_path / "out4")]) == 1
+    out, err = capsys.readouterr()
+    assert "colorized 1 of 2" in out and _failed_lines(err) == [
+        f"failed: {album / 'p1.png'}: {album / 'p1.hints.json'}: hint 1: x must be a pixel coordinate in [0, 32) "
+        f"of this 32x32 photo, got 999"], err
+    assert snapshot(tmp_path / "bom.json", album / "p0.hints.json") == before
