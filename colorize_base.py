@@ -14,6 +14,7 @@ IMAGE_SIZE -> --image-size 128 (short forms: --size, --data, --steps). In Python
 """
 import argparse
 import copy
+import io
 import math
 import os
 import re
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 import backends
 from colorizer import Colorizer, colorize_files  # noqa: F401 (Colorizer: the Python API)
-from files import UserError, display_name, remove_stale_temporaries, sigterm_as_interrupt
+from files import UserError, describe_os_error, display_name, remove_stale_temporaries, sigterm_as_interrupt
 
 try:  # all but --infer need PyTorch; without it (requirements-lite.txt) --infer runs ONNX models on onnxruntime
     import torch
@@ -158,7 +159,8 @@ def build_parser():
                                        "e.g. --lambda-l1 50 --ngf 64 --attn-factors 8,16.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (resumes from RUN_DIR/checkpoint.pt)")
-    mode.add_argument("--infer", nargs="+", metavar="PATH", help="colorize files, folders or globs")
+    mode.add_argument("--infer", nargs="*", metavar="PATH", help="colorize files, folders or globs (after --, every "
+                                                                 "argument is a path, even one starting with -)")
     mode.add_argument("--export", metavar="FILE", help="write the EMA generator of --weights as a small float16 file; "
                                                         "FILE.onnx: as an ONNX model, for onnxruntime without PyTorch "
                                                         "(pip install -r requirements-onnx.txt)")
@@ -422,8 +424,24 @@ def hints_argument(args):
     return 0
 
 
+def parse_args(argv=None):
+    """The command line parsed; everything after the first "--" is an --infer path, even one that starts
+    with "-" (argparse would take it for an option, and has nowhere to put it after "--")."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    head, paths = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = build_parser()
+    args = parser.parse_args(head)
+    if args.infer is None and paths:
+        parser.error(f"the paths after -- ({' '.join(map(display_name, paths))}) are for --infer")
+    if args.infer is not None:
+        args.infer += paths
+        if not args.infer:
+            parser.error("argument --infer: expected at least one PATH")
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         cfg = make_config(args)
         n_hints = hints_argument(args)
@@ -461,5 +479,39 @@ def main(argv=None):
         return 2
 
 
+class _Stream(io.TextIOBase):
+    """stdout or stderr that cannot end the work: when writing fails (closed, a full disk, a pipe whose
+    reader left), the text is dropped and the first error kept; the photos are written all the same."""
+
+    def __init__(self, stream):
+        self.stream, self.error = stream, None
+
+    def write(self, text):
+        if self.stream is not None and self.error is None:
+            try:
+                self.stream.write(text)
+                self.stream.flush()  # now, not at exit, where a failure could no longer be handled
+            except (OSError, ValueError) as e:  # ValueError: the stream was closed
+                self.error = e
+        return len(text)
+
+    def isatty(self):
+        return self.error is None and self.stream is not None and self.stream.isatty()
+
+
+def cli():
+    """main() as a command: a closed or full stdout or stderr (`> /dev/full`, `>&-`, `2>&-`) costs the
+    report, never the outputs and never a traceback. When the report could not be written, the exit
+    code is at least 1 and stderr (if it still works) says why."""
+    out, err = _Stream(sys.stdout), _Stream(sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    code = main()
+    if out.error is not None:
+        why = describe_os_error(out.error) if isinstance(out.error, OSError) else "it is closed"
+        print(f"error: could not print the report to standard output ({why}); the outputs were written", file=err)
+        code = code or 1
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

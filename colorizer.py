@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from backends import OnnxNetwork, TorchNetwork, choose_backend
-from files import UserError, atomic_write, describe_os_error, display_name, make_folders
+from files import UserError, atomic_write, describe_os_error, display_name, fit_name, make_folders
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
 from images import (IMG_EXTENSIONS, BadImageError, find_images, float_pixels_problem, image_to_array, integer_scale,
                     lab_to_net, lab_to_rgb, net_to_lab, open_image, render_shape, rgb_to_L, unique_files)
@@ -243,7 +243,7 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
     for p in inputs:  # a missing input, or a folder without images, is reported; the others still run
         n_unreadable = len(unreadable)
         try:
-            found = find_images([p], unreadable)
+            found = find_images([p], unreadable, exclude=out_dir)  # --out inside an input folder: not an input
         except FileNotFoundError:
             failed.append((p, "no such file, folder or pattern"))
             continue
@@ -301,10 +301,9 @@ def output_paths(inputs, files, out_dir, others=()):
         root = next((r for r in roots if af.startswith(r + os.sep)), None)
         folder = os.path.normpath(os.path.join(out_dir, os.path.relpath(os.path.dirname(af), root) if root else "."))
         stem = os.path.splitext(os.path.basename(f))[0]
-        out, n = os.path.join(folder, stem + ".png"), 1
+        out, n = os.path.join(folder, fit_name(stem, ".png")), 1  # every name fits in NAME_MAX bytes
         while os.path.realpath(out) in taken or (_stat_key(out) in inodes):
-            suffix = f"_{n}.png"
-            out = os.path.join(folder, stem[: 255 - len(suffix.encode())] + suffix)  # a name fits in 255 bytes
+            out = os.path.join(folder, fit_name(stem, f"_{n}.png"))
             n += 1
         taken.add(os.path.realpath(out))
         result[f] = out

@@ -126,7 +126,7 @@ def eval_files(data_dir, out_dir):
     none, or when a report would be written over one of them."""
     unreadable = []
     try:
-        files = find_images([data_dir], unreadable)
+        files = find_images([data_dir], unreadable, exclude=out_dir)  # its own reports are no photos to score
     except FileNotFoundError as e:
         raise UserError(f"--eval: {e}") from None
     if not files and unreadable:

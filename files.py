@@ -28,8 +28,22 @@ def display_name(path):
                             else f"\\u{ord(m.group()):04x}", text)
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows alike); every name this tool makes fits
+
 TMP_MARK = ".tmp"  # every temporary file's name has it: ".<name>.tmp<pid>"
 TMP_NAME = re.compile(r"\..+" + re.escape(TMP_MARK) + r"\d+")  # the whole name of one
+
+
+def fit_name(stem, suffix=""):
+    """stem + suffix cut to NAME_MAX bytes: the stem loses its last characters (whole UTF-8
+    characters, never half of one), the suffix (an extension, "_1.png", ".tmp123") is kept."""
+    data, room = os.fsencode(stem), NAME_MAX - len(os.fsencode(suffix))
+    if len(data) > room:
+        cut = max(room, 0)
+        while 0 < cut < len(data) and data[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: back to the start of its character
+            cut -= 1
+        data = data[:cut]
+    return os.fsdecode(data) + suffix
 
 
 def describe_os_error(e):
@@ -99,7 +113,7 @@ def atomic_write(path, write, what="file"):
     "cannot write the {what} {path}: <why>"."""
     check_writable_target(path, what)
     folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name[:200]}{TMP_MARK}{os.getpid()}")  # stays under the 255-byte name limit
+    tmp = os.path.join(folder, fit_name("." + name, f"{TMP_MARK}{os.getpid()}"))
     try:
         with open(tmp, "wb") as f:
             write(f)

@@ -7,16 +7,26 @@ batches on the training device) alike: one definition, written with the operatio
 """
 import fnmatch
 import glob
+import io
 import os
 import stat
 import sys
+import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
+from tqdm import tqdm
 
-from files import UserError, describe_os_error
+from files import UserError, describe_os_error, display_name
 
 IMG_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+# Pillow refuses a PNG whose text chunks (zTXt, iTXt: captions, XMP, editing history) decompress to more
+# than 1 MB (MAX_TEXT_CHUNK) or 64 MB in all (MAX_TEXT_MEMORY), the whole file with them. Such files are
+# valid and their pixels are all we read, so the limits are raised for this process, to bounds that
+# still stop a zip bomb in a text chunk: 64 MB a chunk, 256 MB in all.
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, 64 << 20)
+PngImagePlugin.MAX_TEXT_MEMORY = max(PngImagePlugin.MAX_TEXT_MEMORY, 256 << 20)
 
 
 class BadImageError(ValueError):
@@ -112,7 +122,7 @@ def is_image_file(path):
     return os.path.splitext(path)[1].lower() in IMG_EXTENSIONS
 
 
-def find_images(paths, unreadable=None):
+def find_images(paths, unreadable=None, exclude=None):
     """Expand files, folders (recursive) and glob patterns into a sorted list of image paths, each
     real file once however many names (symlinks, overlapping patterns) lead to it.
 
@@ -120,19 +130,21 @@ def find_images(paths, unreadable=None):
     regular file (a FIFO, socket or device) is kept, so that loading it names it as such. A folder
     that cannot be read (permission denied, a path too long) is appended to unreadable as
     (folder, reason) and the others are still searched; without that list it raises UserError.
+    exclude: a folder (the command's output folder) not entered when it lies inside a searched folder,
+    compared as a real path, so that a second run does not take the first one's outputs for photos.
     """
     bad = [] if unreadable is None else unreadable
     found = []
     for p in paths:
         p = os.path.expanduser(str(p))
         if os.path.isdir(p):
-            for root, files in walk_files(p, bad):  # symlinked folders are not followed: no loops
+            for root, files in walk_files(p, bad, exclude=exclude):  # symlinked folders are not followed: no loops
                 found += [os.path.join(root, f) for f in files if is_image_file(f)]
         elif os.path.lexists(p):
             found.append(p)  # named explicitly: let loading say if it is not an image
         else:
             n_bad = len(bad)
-            matches = _glob_recursive(p, bad) if "**" in p else glob.glob(p)
+            matches = _glob_recursive(p, bad, exclude) if "**" in p else glob.glob(p)
             matches = [m for m in matches if not os.path.isdir(m)]
             if not matches and len(bad) == n_bad:
                 raise FileNotFoundError(f"no such file, folder or pattern: {p}")
@@ -143,12 +155,14 @@ def find_images(paths, unreadable=None):
     return unique_files(found)
 
 
-def walk_files(top, unreadable, followlinks=False):
+def walk_files(top, unreadable, followlinks=False, exclude=None):
     """(folder, names of its non-folder entries) for top and every folder under it, at any depth
     (a loop, not recursion: os.walk overflows the stack 1,000 folders deep). A folder that cannot
     be read is appended to unreadable as (folder, reason). With followlinks, symlinked folders are
-    entered too, each real folder once, so that link loops end."""
+    entered too, each real folder once, so that link loops end. A folder under top whose real path is
+    exclude's is not entered."""
     stack, seen = [top], set()
+    skip = os.path.realpath(exclude) if exclude else None
     while stack:
         root = stack.pop()
         try:
@@ -169,7 +183,7 @@ def walk_files(top, unreadable, followlinks=False):
                 enter = is_dir and (followlinks or not entry.is_symlink())
             except OSError:
                 is_dir = enter = False
-            if enter:
+            if enter and not (skip and os.path.realpath(entry.path) == skip):
                 dirs.append(entry.path)
             elif not is_dir:
                 files.append(entry.name)
@@ -185,7 +199,7 @@ def unique_files(paths):
     return sorted(unique.values())
 
 
-def _glob_recursive(pattern, unreadable):
+def _glob_recursive(pattern, unreadable, exclude=None):
     """glob.glob(pattern, recursive=True), except that each real folder is entered once, so
     symlink loops end instead of descending until the path is too long, and a folder that cannot
     be read is appended to unreadable."""
@@ -195,7 +209,7 @@ def _glob_recursive(pattern, unreadable):
     if not os.path.isdir(base):
         return []
     found = []
-    for root, files in walk_files(base, unreadable, followlinks=True):
+    for root, files in walk_files(base, unreadable, followlinks=True, exclude=exclude):
         for f in files:
             path = os.path.join(root, f)
             if _match_parts(os.path.relpath(path, base).split(os.sep), parts[k:]):
@@ -229,6 +243,26 @@ def open_image(path, max_pixels=100_000_000):
         raise BadImageError(f"{path}: is a folder, not an image file")
     if not stat.S_ISREG(mode):
         raise BadImageError(f"{path}: not a regular file (a pipe, socket or device), so not read")
+    with warnings.catch_warnings(record=True) as caught:  # Pillow's warnings, said in our words below
+        warnings.simplefilter("always")
+        img = _decode(path, max_pixels)
+    for message in dict.fromkeys(filter(None, map(_warning_text, caught))):  # each once
+        tqdm.write(f"warning: {display_name(path)}: {message}", file=sys.stderr)
+    return img
+
+
+def _warning_text(warning):
+    """A library warning about an image file that opened, as one line of ours, or None where it is harmless."""
+    if issubclass(warning.category, Image.DecompressionBombWarning):
+        return None  # MAX_PIXELS is the guard, and its refusal has its own message
+    text = " ".join(str(warning.message).split())
+    if "EXIF" in text or "TiffImagePlugin" in warning.filename:  # EXIF blocks are read by Pillow's TIFF parser
+        return f"its EXIF metadata is damaged; what could not be read of it was ignored ({text[:100]})"
+    return text[:150]
+
+
+def _decode(path, max_pixels):
+    """open_image's work, inside its catch_warnings."""
     try:
         img = Image.open(path)
         w, h = img.size
@@ -237,7 +271,14 @@ def open_image(path, max_pixels=100_000_000):
             raise BadImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
                                 f"(raise --max-pixels if you trust this file)")
         img.seek(0)
-        img.load()
+        try:
+            img.load()
+        except OSError as e:
+            whole = _jpeg_without_end_marker(path, img, e)
+            if whole is None:
+                raise
+            img.close()
+            img = whole
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a huge photo
         problem = float_pixels_problem(img)
         if problem:
@@ -253,6 +294,34 @@ def open_image(path, max_pixels=100_000_000):
                             f"{2 * Image.MAX_IMAGE_PIXELS} pixels (--max-pixels is {max_pixels})") from None
     except Exception as e:  # decoders of damaged files raise all sorts (OSError, SyntaxError, struct.error...)
         raise BadImageError(f"{path}: {_plain_reason(path, e)}") from None
+
+
+def _jpeg_without_end_marker(path, img, error):
+    """The image of a JPEG whose only fault is a missing end marker (EOI), which Pillow refuses as
+    truncated, or None for any other file or error. Pillow's LOAD_TRUNCATED_IMAGES would accept
+    files cut off in their image data too (and is global), so instead the file is decoded twice in
+    memory, with the end marker added and with filler bytes before it: all the data is there when
+    the two agree (the filler after the last block is skipped), and when the data ends early the
+    filler is decoded as image data and they differ."""
+    if img.format != "JPEG" or "truncated" not in str(error):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.endswith(b"\xff\xd9"):
+        return None
+    data = data.removesuffix(b"\xff")  # the first byte of the marker there, the second not
+
+    def decoded(tail):
+        whole = Image.open(io.BytesIO(data + tail))
+        whole.load()
+        return whole
+    try:
+        whole, filled = decoded(b"\xff\xd9"), decoded(b"\x55" * 64 + b"\xff\xd9")
+    except Exception:
+        return None
+    same = whole.tobytes() == filled.tobytes()
+    filled.close()
+    return whole if same else None
 
 
 def float_pixels_problem(image, band_pixels=1 << 20):
