@@ -487,7 +487,9 @@ class _Stream(io.TextIOBase):
         self.stream, self.error = stream, None
 
     def write(self, text):
-        if self.stream is not None and self.error is None:
+        if self.stream is None:  # closed when Python started (`>&-`): sys.stdout is None
+            self.error = self.error or ValueError("closed")
+        elif self.error is None:
             try:
                 self.stream.write(text)
                 self.stream.flush()  # now, not at exit, where a failure could no longer be handled

@@ -4,7 +4,9 @@ Drop one or many photos; each is colorized with the current settings and shown b
 its own size; click the photo to give a colour hint there (models trained with HINT_INPUT); download
 the PNG, or a zip of all. Built with Gradio (requirements-ui.txt); the model is loaded once.
 """
+import errno
 import os
+import socket
 import tempfile
 import time
 import zipfile
@@ -14,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 from PIL import Image, ImageDraw  # noqa: E402
 
 from colorizer import failure_reason  # noqa: E402
-from files import UserError  # noqa: E402
+from files import UserError, describe_os_error  # noqa: E402
 from hints import HintError, hex_color, hints_json, parse_color, read_hints  # noqa: E402
 from images import BadImageError, gray_version, load_image  # noqa: E402
 
@@ -229,10 +231,26 @@ def serve(colorizer, host="127.0.0.1", port=7860):
         import gradio as gr
     except ImportError:
         raise UserError("--serve needs the web page's requirements: pip install -r requirements-ui.txt") from None
+    check_port(host, port)
     if host not in ("127.0.0.1", "localhost"):
         print(f"warning: serving on {host}: anyone who can reach this machine can use the page and see the "
               f"photos uploaded to it")
     app = build_app(colorizer)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
     print(f"model {colorizer.weights} on {colorizer.device}; hints {'on' if colorizer.takes_hints else 'off'}")
-    app.launch(server_name=host, server_port=port, theme=theme, show_error=True, footer_links=[])
+    print(f"serving the page at http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    # quiet: Gradio's own banner advises share=True, which a user of this command line cannot set
+    app.launch(server_name=host, server_port=port, theme=theme, show_error=True, footer_links=[], quiet=True)
+
+
+def check_port(host, port):
+    """UserError, naming --port, unless the page can listen on host:port (Gradio's own failure is a
+    15-line traceback that never says which option to change)."""
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as e:
+        why = "already in use (another --serve?)" if e.errno == errno.EADDRINUSE else describe_os_error(e)
+        raise UserError(f"--port {port}: cannot listen on {host}:{port}: {why}; choose another with --port N") from None

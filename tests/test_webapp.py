@@ -204,3 +204,17 @@ def test_download_zip_is_rebuilt_only_when_a_photo_changes(tmp_path):
     with zipfile.ZipFile(path) as z:
         assert z.namelist() == ["001_a.png", "002_b.png"]
         assert z.read("002_b.png") == open(session.output_path(1), "rb").read()
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_naming_port(weights):
+    pytest.importorskip("gradio", reason="pip install -r requirements-ui.txt")
+    from conftest import run_cli
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = run_cli("--serve", "--port", port, "--weights", weights, "--device", "cpu", timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1 and f"--port {port}" in p.stderr and "already in use" in p.stderr
+    p = run_cli("--serve", "--port", 0, "--weights", weights, timeout=120)
+    assert p.returncode == 2 and "--port must be in 1..65535" in p.stderr, p.stderr
