@@ -14,6 +14,7 @@ import colorize_base as cb
 import data
 from colorize_base import Colorizer
 from conftest import make_photos, photo, run_cli, tiny_checkpoint
+from files import fit_name
 from hints import read_hints
 from test_hostile_inputs import one_line_error
 from test_hostile_round3 import one_line, snapshot
@@ -260,3 +261,69 @@ def test_hints_files_with_a_byte_order_mark_or_in_utf16_are_read(tmp_path, capsy
         f"failed: {album / 'p1.png'}: {album / 'p1.hints.json'}: hint 1: x must be a pixel coordinate in [0, 32) "
         f"of this 32x32 photo, got 999"], err
     assert snapshot(tmp_path / "bom.json", album / "p0.hints.json") == before
+
+
+# -----------------------------------------------------------------------------
+# Names of up to 255 bytes: every name this tool makes fits, cut on a character
+
+def _name(total, char, ext=".png"):
+    """A file name of exactly total bytes in UTF-8 that ends its stem in char (1, 2 or 3 bytes)."""
+    stem_bytes = total - len(ext)
+    k = stem_bytes // len(char.encode()) // 2
+    return "a" * (stem_bytes - k * len(char.encode())) + char * k + ext
+
+
+def test_fit_name_cuts_bytes_on_a_character_boundary():
+    for char in ("a", "é", "日", "\U0001f600"):
+        for total in range(240, 300):
+            for suffix in ("", ".png", "_12.png", ".tmp4194304"):
+                name = fit_name(char * total, suffix)
+                assert len(name.encode()) <= 255 and name.endswith(suffix) and name.encode().decode() == name
+                assert len(name.encode()) > 255 - len(suffix) - 4  # no more was cut than one character
+    assert fit_name("short", ".png") == "short.png"
+
+
+def test_file_names_of_250_to_255_bytes_are_colorized_and_exported(tmp_path, weights):
+    album = tmp_path / "album"
+    album.mkdir()
+    names = [_name(total, char) for char in ("a", "é", "日") for total in (250, 253, 254, 255)]
+    for i, name in enumerate(names):
+        assert len(name.encode()) in (250, 253, 254, 255)
+        Image.fromarray(photo(8, 6, i)).save(album / name)
+    before = snapshot(*(album / n for n in names))
+    p = run_cli("--infer", album, "--weights", weights, "--out", tmp_path / "out")  # temporaries of 255-byte names
+    assert p.returncode == 0 and "Traceback" not in p.stderr and "failed" not in p.stderr, p.stderr
+    assert f"colorized {len(names)} of {len(names)}" in p.stdout
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(names)
+    p = run_cli("--infer", album, "--weights", weights, "--out", album)  # beside the inputs: the _1 names, cut
+    assert p.returncode == 0 and "Traceback" not in p.stderr and "failed" not in p.stderr, p.stderr
+    made = sorted(set(os.listdir(album)) - set(names))
+    assert len(made) == len(names) and all(n.endswith("_1.png") and len(n.encode()) <= 255 for n in made), made
+    assert all(n.encode().decode() == n for n in made)  # whole characters only
+    assert snapshot(*(album / n for n in names)) == before
+    export = tmp_path / _name(255, "日", ".pt")  # and a model file of a 255-byte name, through its temporary
+    p = run_cli("--export", export, "--weights", weights)
+    assert p.returncode == 0 and "Traceback" not in p.stderr and export.is_file(), p.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted(["album", "out", export.name])  # no temporary left
+
+
+# -----------------------------------------------------------------------------
+# "--": every argument after it is a path, even one that starts with "-"
+
+def test_paths_after_a_double_dash_are_inputs_even_when_they_start_with_a_dash(tmp_path, weights):
+    album = tmp_path / "album"
+    album.mkdir()
+    for i, name in enumerate(["good.png", "-rf.png", "--help.png", "--"]):
+        Image.fromarray(photo(8, 8, i)).save(album / name, format="PNG")
+    before = snapshot(*(album / f for f in os.listdir(album)))
+    p = run_cli("--infer", "good.png", "--weights", weights, "--out", tmp_path / "out", "--",
+                "-rf.png", "--help.png", "-missing.png", cwd=album)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "colorized 3 of 4" in p.stdout, p.stdout + p.stderr
+    assert _failed_lines(p.stderr) == ["failed: -missing.png: no such file, folder or pattern"], p.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["--help.png", "-rf.png", "good.png"]
+    p = run_cli("--infer", "--", "--", "-rf.png", "--weights", cwd=album)  # only the first -- is special
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "colorized 2 of 3" in p.stdout, p.stdout + p.stderr
+    assert _failed_lines(p.stderr) == ["failed: --weights: no such file, folder or pattern"], p.stderr
+    p = run_cli("--eval", album, "--", "-rf.png")  # paths after -- are --infer's alone
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "the paths after -- (-rf.png) are for --infer" in p.stderr
+    assert snapshot(*(album / f for f in os.listdir(album))) == before
