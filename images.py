@@ -232,7 +232,8 @@ def _match_parts(names, patterns):
 def open_image(path, max_pixels=100_000_000):
     """Open an image file as a decoded PIL image as displayed: EXIF orientation applied, the first
     frame of an animation. Raises BadImageError naming the file, with a plain reason; never blocks
-    on a FIFO or device."""
+    on a FIFO or device. Pillow's warnings about a file that opens (damaged EXIF) are printed as one
+    line each, "warning: FILE: ...", on stderr; those about a file that is refused are dropped."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -257,7 +258,7 @@ def _warning_text(warning):
         return None  # MAX_PIXELS is the guard, and its refusal has its own message
     text = " ".join(str(warning.message).split())
     if "EXIF" in text or "TiffImagePlugin" in warning.filename:  # EXIF blocks are read by Pillow's TIFF parser
-        return f"its EXIF metadata is damaged; what could not be read of it was ignored ({text[:100]})"
+        return f"its EXIF (or TIFF tag) metadata is damaged; what could not be read of it was ignored ({text[:100]})"
     return text[:150]
 
 
@@ -303,7 +304,7 @@ def _jpeg_without_end_marker(path, img, error):
     memory, with the end marker added and with filler bytes before it: all the data is there when
     the two agree (the filler after the last block is skipped), and when the data ends early the
     filler is decoded as image data and they differ."""
-    if img.format != "JPEG" or "truncated" not in str(error):
+    if img.format != "JPEG" or "truncated" not in str(error).lower():
         return None
     with open(path, "rb") as f:
         data = f.read()
@@ -398,7 +399,7 @@ def _plain_reason(path, error):
         return "file is empty (0 bytes)"
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image file (or a format this tool cannot read)"
-    if "truncated" in str(error) or isinstance(error, EOFError):
+    if "truncated" in str(error).lower() or isinstance(error, EOFError):  # Pillow: "image file is truncated", "Truncated File Read"
         return "file is truncated or damaged (the image data ends early)"
     if isinstance(error, PermissionError):
         return "permission denied"

@@ -1,19 +1,28 @@
 """Issue 20, the classes of its third hostile round not in test_hostile_round3.py: names that are
 formulas or hold control characters, inputs that hold no images, a --val-dir that does not exist,
-the Python API's numbers and arrays, float pixels (NaN, or outside [0, 1]) from any source, and
-hints files with a byte-order mark."""
+the Python API's numbers and arrays, float pixels (NaN, or outside [0, 1]) from any source,
+hints files with a byte-order mark; then names of up to 255 bytes, "--", an --out folder inside the
+inputs, library warnings, valid files once refused (a JPEG without its end marker, a PNG with a large
+text chunk), and a closed or full stdout / stderr."""
 import csv
+import io
 import json
 import os
+import re
+import shlex
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import colorize_base as cb
 import data
 from colorize_base import Colorizer
-from conftest import make_photos, photo, run_cli, tiny_checkpoint
+from conftest import REPO, make_photos, photo, run_cli, tiny_checkpoint
 from files import fit_name
 from hints import read_hints
 from test_hostile_inputs import one_line_error
@@ -279,7 +288,8 @@ def test_fit_name_cuts_bytes_on_a_character_boundary():
             for suffix in ("", ".png", "_12.png", ".tmp4194304"):
                 name = fit_name(char * total, suffix)
                 assert len(name.encode()) <= 255 and name.endswith(suffix) and name.encode().decode() == name
-                assert len(name.encode()) > 255 - len(suffix) - 4  # no more was cut than one character
+                want = len((char * total).encode()) + len(suffix)
+                assert len(name.encode()) > min(want, 255) - 4  # no more was cut than one character
     assert fit_name("short", ".png") == "short.png"
 
 
@@ -298,7 +308,8 @@ def test_file_names_of_250_to_255_bytes_are_colorized_and_exported(tmp_path, wei
     p = run_cli("--infer", album, "--weights", weights, "--out", album)  # beside the inputs: the _1 names, cut
     assert p.returncode == 0 and "Traceback" not in p.stderr and "failed" not in p.stderr, p.stderr
     made = sorted(set(os.listdir(album)) - set(names))
-    assert len(made) == len(names) and all(n.endswith("_1.png") and len(n.encode()) <= 255 for n in made), made
+    # "a" * 249 + "_1.png" is the cut of several: _2, _3 follow
+    assert len(made) == len(names) and all(re.fullmatch(r".+_[123]\.png", n) and len(n.encode()) <= 255 for n in made)
     assert all(n.encode().decode() == n for n in made)  # whole characters only
     assert snapshot(*(album / n for n in names)) == before
     export = tmp_path / _name(255, "日", ".pt")  # and a model file of a 255-byte name, through its temporary
@@ -326,4 +337,125 @@ def test_paths_after_a_double_dash_are_inputs_even_when_they_start_with_a_dash(t
     assert _failed_lines(p.stderr) == ["failed: --weights: no such file, folder or pattern"], p.stderr
     p = run_cli("--eval", album, "--", "-rf.png")  # paths after -- are --infer's alone
     assert p.returncode == 2 and "Traceback" not in p.stderr and "the paths after -- (-rf.png) are for --infer" in p.stderr
+    assert snapshot(*(album / f for f in os.listdir(album))) == before
+
+
+# -----------------------------------------------------------------------------
+# --out inside the input folder: the outputs are never inputs of the next run
+
+def test_an_output_folder_inside_the_inputs_is_left_out_of_them(tmp_path, weights):
+    album = tmp_path / "album"
+    make_photos(album, n=2, size=(16, 16))
+    (tmp_path / "link").symlink_to(album / "colour", target_is_directory=True)  # the same folder, another name
+    album2 = tmp_path / "album2"
+    make_photos(album2, n=2, size=(16, 16))
+    for photos, out in ((album, album / "colour"), (album, album / "colour"), (album, tmp_path / "link"),
+                        (album2, album2 / "sub" / "deeper"), (album2, album2 / "sub" / "deeper")):
+        p = run_cli("--infer", photos, "--weights", weights, "--out", out)
+        assert p.returncode == 0 and "Traceback" not in p.stderr and "colorized 2 of 2" in p.stdout, p.stdout + p.stderr
+    assert sorted(os.listdir(album / "colour")) == ["p0.png", "p1.png"]  # no colour/colour/, no p0_1.png
+    assert sorted(os.listdir(album2 / "sub" / "deeper")) == ["p0.png", "p1.png"]
+    before = snapshot(*(album / f for f in ("p0.png", "p1.png")))
+    for _ in range(2):  # --eval: its own sheet.png is no photo to score
+        p = run_cli("--eval", album, "--weights", weights, "--out", album / "eval")
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+        with open(album / "eval" / "metrics.csv", newline="") as f:
+            scored = [row["file"] for row in csv.DictReader(f)]
+        assert "eval/sheet.png" not in scored and "p0.png" in scored and "colour/p0.png" in scored, scored
+    assert snapshot(*(album / f for f in ("p0.png", "p1.png"))) == before
+
+
+# -----------------------------------------------------------------------------
+# Library warnings: our one line naming the file, or nothing
+
+def _chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_library_warnings_become_one_line_of_ours_naming_the_file(tmp_path, weights):
+    album = tmp_path / "album"
+    album.mkdir()
+    bomb = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 9999, 9999, 8, 0, 0, 0, 0)) \
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + _chunk(b"IEND", b"")  # 74 bytes declaring 100 megapixels
+    (album / "bomb.png").write_bytes(bomb)
+    tiff = b"II*\0" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x010E, 2, 100, 1000) + b"\0\0\0\0"  # points past its end
+    Image.fromarray(photo(16, 12, 1)).save(album / "bad_exif.jpg", exif=b"Exif\0\0" + tiff)
+    Image.fromarray(photo(16, 12, 2)).save(album / "good.png")
+    before = snapshot(*(album / f for f in os.listdir(album)))
+    for limit, why in (("100000000", "truncated"), ("5000", "9999x9999 = 99980001 pixels is over the limit of 5000")):
+        out = tmp_path / f"out{limit}"
+        p = run_cli("--infer", album, "--weights", weights, "--out", out, "--max-pixels", limit)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and "colorized 2 of 3" in p.stdout, p.stdout + p.stderr
+        assert "Warning" not in p.stderr and "DOS attack" not in p.stderr and "warnings.warn" not in p.stderr, p.stderr
+        assert [line for line in _failed_lines(p.stderr)] == [f"failed: {album / 'bomb.png'}: " + line.split(": ", 2)[2]
+                                                              for line in _failed_lines(p.stderr)]
+        assert len(_failed_lines(p.stderr)) == 1 and why in p.stderr, p.stderr
+        warned = [line for line in p.stderr.splitlines() if "warning: " in line]
+        assert len(warned) == 1 and warned[0].endswith(")") and \
+            f"warning: {album / 'bad_exif.jpg'}: its EXIF (or TIFF tag) metadata is damaged" in warned[0], p.stderr
+        assert sorted(os.listdir(out)) == ["bad_exif.png", "good.png"]
+    assert snapshot(*(album / f for f in os.listdir(album))) == before
+
+
+# -----------------------------------------------------------------------------
+# Valid files once refused: a JPEG without its end marker, a PNG with a large text chunk
+
+def test_a_jpeg_missing_only_its_end_marker_and_a_png_with_a_large_text_chunk_are_read(tmp_path, weights):
+    album = tmp_path / "album"
+    album.mkdir()
+    sizes = {}
+    for progressive in (False, True):
+        buf = io.BytesIO()
+        Image.fromarray(photo(40, 24, 3)).save(buf, "JPEG", quality=90, progressive=progressive)
+        jpeg = buf.getvalue()
+        kind = "progressive" if progressive else "baseline"
+        (album / f"{kind}_no_end.jpg").write_bytes(jpeg[:-2])      # FF D9 gone
+        (album / f"{kind}_half_end.jpg").write_bytes(jpeg[:-1])    # the FF of it there
+        (album / f"{kind}_cut.jpg").write_bytes(jpeg[:-3])         # one byte of image data gone: truncated
+        (album / f"{kind}_half.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+        sizes.update({f"{kind}_no_end.png": (40, 24), f"{kind}_half_end.png": (40, 24)})
+    info = PngImagePlugin.PngInfo()
+    info.add_text("history", "x" * 3_000_000, zip=True)  # a 3 MB zTXt chunk, over Pillow's 1 MB MAX_TEXT_CHUNK
+    Image.fromarray(photo(20, 10, 4)).save(album / "big_text.png", pnginfo=info)
+    sizes["big_text.png"] = (20, 10)
+    before = snapshot(*(album / f for f in os.listdir(album)))
+    p = run_cli("--infer", album, "--weights", weights, "--out", tmp_path / "out")
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "colorized 5 of 9" in p.stdout, p.stdout + p.stderr
+    failed = _failed_lines(p.stderr)
+    assert sorted(failed) == sorted(f"failed: {album / f'{kind}_{cut}.jpg'}: file is truncated or damaged "
+                                    f"(the image data ends early)" for kind in ("baseline", "progressive")
+                                    for cut in ("cut", "half")), p.stderr
+    assert {f: Image.open(tmp_path / "out" / f).size for f in os.listdir(tmp_path / "out")} == sizes
+    assert snapshot(*(album / f for f in os.listdir(album))) == before
+
+
+# -----------------------------------------------------------------------------
+# stdout or stderr closed, or on a full disk: the outputs are written, no traceback
+
+@pytest.mark.parametrize("redirect, said", [
+    (">/dev/full", "could not print the report to standard output (the disk is full)"),
+    (">&-", "could not print the report to standard output (it is closed)"),
+    ("2>&-", None), ("2>/dev/full", None), (">&- 2>&-", None), (">/dev/full 2>/dev/full", None)])
+def test_a_closed_or_full_stdout_or_stderr_costs_the_report_not_the_outputs(tmp_path, weights, redirect, said):
+    album = tmp_path / "album"
+    make_photos(album, n=2, size=(16, 16))
+    (album / "bad.png").write_text("not an image")
+    before = snapshot(*(album / f for f in os.listdir(album)))
+    command = " ".join(shlex.quote(str(a)) for a in [sys.executable, os.path.join(REPO, "colorize_base.py"), "--infer",
+                                                    album, "--weights", weights, "--out", tmp_path / "out"])
+    shown = tmp_path / "shown.txt"
+    if "2>" not in redirect:
+        redirect += f" 2>{shlex.quote(str(shown))}"
+    elif ">" not in redirect.replace("2>", ""):
+        redirect += f" >{shlex.quote(str(shown))}"
+    p = subprocess.run(["bash", "-c", f"{command} {redirect}"], capture_output=True, text=True, timeout=300)
+    text = shown.read_text() if shown.exists() else ""
+    assert p.returncode == 1, text  # bad.png fails, and a lost report is 1 too
+    assert "Traceback" not in text + p.stdout + p.stderr and "Exception ignored" not in text + p.stderr
+    if said:
+        assert f"failed: {album / 'bad.png'}: not an image" in text and text.strip().splitlines()[-1] == \
+            f"error: {said}; the outputs were written", text
+    elif "2>&-" in redirect.split(" ")[0] or "2>/dev/full" in redirect.split(" ")[0]:
+        assert text == f"colorized 2 of 3 files into {tmp_path / 'out'}\n", text
+    assert sorted(os.listdir(tmp_path / "out")) == ["p0.png", "p1.png"]
     assert snapshot(*(album / f for f in os.listdir(album))) == before
