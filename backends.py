@@ -106,7 +106,7 @@ class TorchNetwork:
     @classmethod
     def load(cls, path, device="auto"):
         from checkpoint import load_generator  # torch's file format: not imported by the torch-free install
-        device = pick_device(device) if isinstance(device, str) else torch.device(device)
+        device = pick_device(str(device))  # a torch.device too: the same check (meta, mps... are refused)
         netG, cfg = load_generator(path, device)
         return cls(netG, cfg, device)
 

@@ -23,7 +23,7 @@ import colorize_base as cb
 import data
 from colorize_base import Colorizer
 from conftest import REPO, make_photos, photo, run_cli, tiny_checkpoint
-from files import fit_name
+from files import UserError, fit_name
 from hints import read_hints
 from test_hostile_inputs import one_line_error
 from test_hostile_round3 import one_line, snapshot
@@ -459,3 +459,14 @@ def test_a_closed_or_full_stdout_or_stderr_costs_the_report_not_the_outputs(tmp_
         assert text == f"colorized 2 of 3 files into {tmp_path / 'out'}\n", text
     assert sorted(os.listdir(tmp_path / "out")) == ["p0.png", "p1.png"]
     assert snapshot(*(album / f for f in os.listdir(album))) == before
+
+
+def test_a_device_this_tool_cannot_run_on_is_refused_in_one_line(weights):
+    """The API takes a torch.device as the command line takes --device: cpu, cuda or cuda:N only."""
+    import torch
+
+    from colorizer import Colorizer
+    for device in (torch.device("meta"), "meta", "mps"):
+        with pytest.raises(UserError, match="--device must be auto, cpu, cuda or cuda:N, got 'm"):
+            Colorizer.load(weights, device=device)
+    assert Colorizer.load(weights, device=torch.device("cpu")).device == "cpu"
