@@ -3,8 +3,10 @@
 make_good_inputs / make_bad_inputs write every awkward kind of file the tool must handle, so
 the same fixtures can be run through --infer, --eval and training data scans.
 """
+import importlib
 import io
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -185,3 +187,29 @@ def good_inputs(tmp_path):
 def bad_inputs(tmp_path):
     folder = tmp_path / "bad"
     return folder, make_bad_inputs(str(folder))
+
+
+# -----------------------------------------------------------------------------
+# Browser tests (the Gradio page, the static page) drive the system Chromium through Selenium
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def browser_or_skip(test, modules, how, also=None):
+    """Skip a browser test that cannot run here, saying why and how to make it run; under CI=true,
+    where it must run, fail instead. modules: the Python packages it needs; also: a function giving
+    one more reason (with its own remedy) or None."""
+    why = None
+    for name in ("selenium", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            why = why or f"{name} is not installed; to run it: {how}"
+    if why is None and not (CHROMIUM and CHROMEDRIVER):
+        why = f"chromium and chromium-driver are not installed; to run it: {how}"
+    why = why or (also() if also else None)
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"the {test} must run in CI, but {why}")
+        pytest.skip(f"{test}: {why}")

@@ -13,7 +13,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,10 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+import conftest
+from conftest import CHROMEDRIVER, CHROMIUM, REPO
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 HOW = "pip install selenium && sudo apt-get install chromium chromium-driver"
 DEFAULT_MODEL = os.path.join(REPO, "weights", "colorizer.onnx")  # what the page loads by itself
 
@@ -39,24 +37,14 @@ def load_fetch_ort():
     return module
 
 
-def missing():
-    try:
-        import selenium  # noqa: F401
-    except ImportError as e:
-        return f"{e.name} is not installed; to run it: {HOW}"
-    if not (CHROMIUM and CHROMEDRIVER):
-        return f"chromium and chromium-driver are not installed; to run it: {HOW}"
+def vendor_missing():
     if not load_fetch_ort().present():
         return "onnxruntime-web is not in web/vendor/; to run it: python web/fetch_ort.py (needs the network)"
     return None
 
 
 def browser_or_skip():
-    why = missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"the static page test must run in CI, but {why}")
-        pytest.skip(f"static page test: {why}")
+    conftest.browser_or_skip("static page test", [], HOW, also=vendor_missing)
 
 
 class Server:

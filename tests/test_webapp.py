@@ -4,7 +4,6 @@ and chromium-driver packages (installed by .ci/run); on a machine without them t
 says how to install them. Nothing is downloaded at run time."""
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,30 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, photo
+import conftest
+from conftest import CHROMEDRIVER, CHROMIUM, REPO, photo
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 HOW = "pip install -r requirements-ui.txt && sudo apt-get install chromium chromium-driver"
 
 
-def missing():
-    try:
-        import gradio  # noqa: F401
-        import selenium  # noqa: F401
-    except ImportError as e:
-        return f"{e.name} is not installed"
-    if not (CHROMIUM and CHROMEDRIVER):
-        return "chromium and chromium-driver are not installed"
-    return None
-
-
 def browser_or_skip():
-    why = missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser test must run in CI, but {why}")
-        pytest.skip(f"browser test: {why}; to run it: {HOW}")
+    conftest.browser_or_skip("browser test", ["gradio"], HOW)
 
 
 def free_port():
