@@ -172,10 +172,18 @@ def split_files(cfg, log):
         if not val_files:
             raise UserError(f"--val-dir {cfg['VAL_DIR']}: no usable colour images (pass --val-dir \"\" to hold "
                             f"out some training images instead)")
-    else:  # hold out an evenly spaced few
-        stride = max(2, len(train_files) // cfg["NUM_SAMPLES"])
-        val_files = train_files[::stride][: cfg["NUM_SAMPLES"]]
-        train_files = [f for f in train_files if f not in set(val_files)]
+    else:  # hold out an evenly spaced few, only what the photos can spare: at most a tenth of them
+        n, n_hold = len(train_files), min(cfg["NUM_SAMPLES"], len(train_files) // 10)
+        if n_hold:
+            val_files = train_files[::n // n_hold][:n_hold]
+            held = set(val_files)
+            train_files = [f for f in train_files if f not in held]
+            log(f"sample grids: {n_hold} of the {n} photos held out, {len(train_files)} trained on (at most a "
+                f"tenth is held out; --val-dir FOLDER shows other photos instead)")
+        else:  # too few to spare one: the grids show photos the model trains on
+            val_files = train_files
+            log(f"sample grids: {min(n, cfg['NUM_SAMPLES'])} of the {n} training photos, none held out (too few "
+                f"to spare any; --val-dir FOLDER shows other photos instead)")
     if not train_files:
         raise UserError(f"no colour images to train on under {cfg['DATA_DIR']}")
     stride = max(1, len(val_files) // cfg["NUM_SAMPLES"])

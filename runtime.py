@@ -10,8 +10,9 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
+from PIL import Image, ImageDraw
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torchvision.utils import save_image
+from torchvision.utils import make_grid
 
 from backends import pick_device
 from files import UserError, atomic_write, describe_os_error
@@ -244,19 +245,30 @@ class CSVLog:
         self.sums, self.n, self.t0, self.data_wait, self.images = torch.zeros(len(LOSS_NAMES)), 0, time.time(), 0.0, 0
 
 
+GRID_COLUMNS = ("gray input", "colorized", "real colour")  # the sample grid's header, one per column
+GRID_HEADER = 16  # its height, pixels
+
+
 def save_sample_grid(netG_ema, sample_rgb, path, device):
-    """One row per held-out image: gray input | prediction | ground truth."""
+    """One row per sample image: gray input | prediction | ground truth, under a header naming them."""
     with torch.no_grad():
         rgb = sample_rgb.to(device).float() / 255
         real_A, _ = lab_to_net(rgb_to_lab(rgb))
         fake = lab_to_rgb(net_to_lab(real_A, netG_ema(real_A)))
         gray = without_colour(rgb)
     rows = torch.stack([gray, fake, rgb], dim=1).flatten(0, 1)  # (3B, 3, H, W)
+    cells = make_grid(rows.cpu(), nrow=3, padding=2, pad_value=1.0)
+    cells = cells.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    grid = Image.new("RGB", (cells.shape[1], cells.shape[0] + GRID_HEADER), "white")
+    grid.paste(Image.fromarray(cells), (0, GRID_HEADER))
+    draw, width = ImageDraw.Draw(grid), rgb.shape[-1]
+    for j, label in enumerate(GRID_COLUMNS):
+        draw.text((2 + j * (width + 2) + 2, 2), label, fill=(0, 0, 0))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:  # a file named samples, a full disk
         raise UserError(f"cannot create the folder of the sample grid {path}: {describe_os_error(e)}") from None
-    atomic_write(path, lambda f: save_image(rows.cpu(), f, format="png", nrow=3, padding=2, pad_value=1.0), "sample")
+    atomic_write(path, lambda f: grid.save(f, format="png"), "sample")
 
 
 def make_loader(dataset, weights, batch_size, state, cfg, rank, world, device):

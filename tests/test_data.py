@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import color
 
 from conftest import write_png16
-from data import ColorizationDataset, expose, mosaic, scan_images
+from data import ColorizationDataset, expose, mosaic, scan_images, split_files
 from images import find_images, lab_to_net, lab_to_rgb, load_image, net_to_lab, rgb_to_lab, srgb_to_linear
 
 
@@ -133,3 +133,19 @@ def test_mosaic_shrinks_by_averaging():
     stripes[..., ::2] = 1.0  # one-pixel stripes average to mid-gray at half size, not to aliased black or white
     out = mosaic(stripes, 1.0)
     assert torch.allclose(out, torch.full_like(out, 0.5), atol=1e-6)
+
+
+@pytest.mark.parametrize("n, held", [(20, 2), (79, 7), (200, 8), (9, 0)])
+def test_a_small_folder_holds_out_only_what_it_can_spare_and_says_so(tmp_path, n, held):
+    for i in range(n):
+        _colour(tmp_path / f"mine_{i:03d}.png", (24, 20))
+    logged = []
+    cfg = {"DATA_DIR": str(tmp_path), "VAL_DIR": "", "MAX_PIXELS": 10_000, "NUM_SAMPLES": 8}
+    train, shown = split_files(cfg, logged.append)
+    message = next(m for m in logged if m.startswith("sample grids:"))
+    assert len(train) == n - held and len(shown) == (held or 8)
+    assert all(os.path.dirname(f) == str(tmp_path) for f in shown)  # the user's own photos
+    if held:
+        assert not set(shown) & set(train) and f"{held} of the {n} photos held out" in message, message
+    else:
+        assert set(shown) <= set(train) and "none held out" in message, message

@@ -143,10 +143,10 @@ def test_a_val_dir_that_does_not_exist_is_refused_naming_it(tmp_path, capsys):
                         "--steps", "1", "--device", "cpu"]) == 2
         one_line(capsys.readouterr().err, f"--val-dir {val_dir}: no such folder", '--val-dir ""')
         assert not run_dir.exists() or os.listdir(run_dir) == ["lock"]  # no checkpoint, log or samples
-    # "" keeps its meaning: NUM_SAMPLES held out of DATA_DIR
+    # "" keeps its meaning: the sample grids' photos come from DATA_DIR (4 are too few to hold one out)
     cfg = {**cb.CONSTANTS, "DATA_DIR": data_dir, "VAL_DIR": "", "MAX_PIXELS": 10_000, "NUM_SAMPLES": 1}
     train_files, val_files = data.split_files(cfg, lambda msg: None)
-    assert len(train_files) == 3 and len(val_files) == 1
+    assert len(train_files) == 4 and len(val_files) == 1 and val_files[0] in train_files
 
 
 # -----------------------------------------------------------------------------

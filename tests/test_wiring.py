@@ -75,7 +75,7 @@ def test_d_step_trains_the_real_pair_as_real_and_the_fake_pair_as_fake(tmp_path)
 
 def read_grid(path, n, h, w, pad=2):
     """The cells of a grid written by save_sample_grid (nrow=3, padding 2): [row][column] uint8 arrays."""
-    grid = np.asarray(Image.open(path).convert("RGB"))
+    grid = np.asarray(Image.open(path).convert("RGB"))[runtime.GRID_HEADER:]  # below the column labels
     assert grid.shape == (pad + n * (h + pad), pad + 3 * (w + pad), 3), grid.shape
     return [[grid[pad + i * (h + pad):pad + i * (h + pad) + h, pad + j * (w + pad):pad + j * (w + pad) + w]
              for j in range(3)] for i in range(n)]
