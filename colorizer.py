@@ -23,6 +23,7 @@ from files import UserError, atomic_write, describe_os_error, display_name, fit_
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
 from images import (IMG_EXTENSIONS, BadImageError, find_images, float_pixels_problem, image_to_array, integer_scale,
                     lab_to_net, lab_to_rgb, net_to_lab, open_image, render_shape, rgb_to_L, unique_files)
+from video import colorize_video, find_videos, is_video_file
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "colorizer.pt")
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
@@ -235,7 +236,8 @@ def _row_reader(image, max_pixels):
 # Colorizing many files: --infer
 
 def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
-    """Colorize every image under inputs (files, folders, globs) into out_dir as <stem>.png.
+    """Colorize every image under inputs (files, folders, globs) into out_dir as <stem>.png, and every
+    video (video.VIDEO_SUFFIXES) as <stem>.mp4 (video.colorize_video).
     Colour hints come from hints_file (one input photo only), else from photo.hints.json beside each
     photo when there is one. A file that fails (or its hints) is reported by name and the others
     still run. Returns the number that failed."""
@@ -244,6 +246,7 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
         n_unreadable = len(unreadable)
         try:
             found = find_images([p], unreadable, exclude=out_dir)  # --out inside an input folder: not an input
+            found += find_videos([p], [], exclude=out_dir)  # films in a folder too (its unreadable parts said once)
         except FileNotFoundError:
             failed.append((p, "no such file, folder or pattern"))
             continue
@@ -267,6 +270,10 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
         sidecar = sidecar_path(f)
         source = hints_file or (sidecar if os.path.lexists(sidecar) else None)  # not a file: read_hints says so
         try:
+            if is_video_file(f):  # film: <stem>.mp4, frame by frame (video.py)
+                colorize_video(colorizer, f, targets[f], inputs=files)
+                n_ok += 1
+                continue
             hints = read_hints(source) if source else None
             try:
                 result = colorizer.colorize(f, hints=hints)
@@ -301,9 +308,10 @@ def output_paths(inputs, files, out_dir, others=()):
         root = next((r for r in roots if af.startswith(r + os.sep)), None)
         folder = os.path.normpath(os.path.join(out_dir, os.path.relpath(os.path.dirname(af), root) if root else "."))
         stem = os.path.splitext(os.path.basename(f))[0]
-        out, n = os.path.join(folder, fit_name(stem, ".png")), 1  # every name fits in NAME_MAX bytes
+        suffix = ".mp4" if is_video_file(f) else ".png"
+        out, n = os.path.join(folder, fit_name(stem, suffix)), 1  # every name fits in NAME_MAX bytes
         while os.path.realpath(out) in taken or (_stat_key(out) in inodes):
-            out = os.path.join(folder, fit_name(stem, f"_{n}.png"))
+            out = os.path.join(folder, fit_name(stem, f"_{n}{suffix}"))
             n += 1
         taken.add(os.path.realpath(out))
         result[f] = out

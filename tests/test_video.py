@@ -1,0 +1,239 @@
+"""Film (video.py): tiny clips made here with PyAV go through colorize_video and --infer's
+colorize_files; the temporal filter and the metrics on small arrays."""
+import fractions
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+av = pytest.importorskip("av")
+
+import video  # noqa: E402 (after the skip)
+from colorizer import Colorizer, colorize_files  # noqa: E402
+from files import UserError  # noqa: E402
+
+W, H, N, FPS = 64, 48, 16, 24
+
+
+def make_clip(path, n=N, size=(W, H), audio=False, fps=FPS, format=None, pix_fmt="yuv420p"):
+    """n frames of a gray clip with a bright square moving across it (MP4, H.264), and a second of
+    a 440 Hz tone (AAC) when audio."""
+    w, h = size
+    with av.open(str(path), "w", format=format) as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        if audio:
+            aud = out.add_stream("aac", rate=16000)
+            aud.layout = "mono"
+        for i in range(n):
+            img = np.full((h, w, 3), 60, np.uint8)
+            x = 4 + 2 * i
+            img[10:26, x:x + 16] = 200
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(vs.encode(None))
+        if audio:
+            t = np.arange(16000 * n // fps) / 16000
+            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+            for k in range(0, tone.shape[1], 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1024]), format="flt", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = 16000, k, fractions.Fraction(1, 16000)
+                out.mux(aud.encode(frame))
+            out.mux(aud.encode(None))
+    return str(path)
+
+
+def probe(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        n = sum(1 for _ in c.decode(v))
+        return {"frames": n, "size": (v.width, v.height), "fps": v.average_rate, "audio": bool(c.streams.audio)}
+
+
+@pytest.fixture(scope="module")
+def colorizer(weights):
+    return Colorizer.load(weights, device="cpu", render_size=32, saturation=1)
+
+
+def test_output_keeps_frames_size_rate(tmp_path, colorizer):
+    clip = make_clip(tmp_path / "clip.mp4")
+    stats = video.colorize_video(colorizer, clip, tmp_path / "out" / "clip.mp4", progress=False)
+    assert stats["frames"] == N and not stats["audio"]
+    got = probe(tmp_path / "out" / "clip.mp4")
+    assert got == {"frames": N, "size": (W, H), "fps": FPS, "audio": False}
+
+
+def test_audio_is_copied(tmp_path, colorizer):
+    clip = make_clip(tmp_path / "talk.mp4", audio=True)
+    stats = video.colorize_video(colorizer, clip, tmp_path / "talk_out.mp4", progress=False)
+    assert stats["audio"]
+    got = probe(tmp_path / "talk_out.mp4")
+    assert got["audio"] and got["frames"] == N
+    with av.open(clip) as a, av.open(str(tmp_path / "talk_out.mp4")) as b:
+        assert b.streams.audio[0].codec_context.name == a.streams.audio[0].codec_context.name == "aac"
+
+
+def test_odd_size_is_padded_to_even(tmp_path, colorizer):
+    clip = make_clip(tmp_path / "odd.mkv", n=4, size=(W - 1, H - 1), pix_fmt="yuv444p")  # x264 4:4:4 takes odd sizes
+    assert probe(clip)["size"] == (W - 1, H - 1)
+    video.colorize_video(colorizer, clip, tmp_path / "odd_out.mp4", progress=False)
+    got = probe(tmp_path / "odd_out.mp4")
+    assert got["frames"] == 4 and got["size"] == (W, H)
+    assert float(got["fps"]) == pytest.approx(FPS, rel=1e-3)  # Matroska's millisecond time base rounds it
+
+
+class Failing:
+    """A colorizer that fails on its fifth frame."""
+
+    def __init__(self, inner, at=5, error=RuntimeError):
+        self.inner, self.at, self.n, self.error = inner, at, 0, error
+
+    def colorize(self, rgb):
+        self.n += 1
+        if self.n == self.at:
+            raise self.error("boom")
+        return self.inner.colorize(rgb)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_no_partial_output_when_interrupted(tmp_path, colorizer, error):
+    clip = make_clip(tmp_path / "clip.mp4")
+    out_dir = tmp_path / "out"
+    with pytest.raises(error):
+        video.colorize_video(Failing(colorizer, error=error), clip, out_dir / "clip.mp4", progress=False)
+    assert os.listdir(out_dir) == []  # neither the output nor its temporary file
+
+
+def test_previous_output_survives_a_failed_run(tmp_path, colorizer):
+    clip = make_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "clip_out.mp4"
+    video.colorize_video(colorizer, clip, out, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(RuntimeError):
+        video.colorize_video(Failing(colorizer), clip, out, progress=False)
+    assert out.read_bytes() == before
+
+
+def test_output_never_replaces_the_input(tmp_path, colorizer):
+    clip = make_clip(tmp_path / "clip.mp4")
+    before = open(clip, "rb").read()
+    with pytest.raises(UserError, match="also an input"):
+        video.colorize_video(colorizer, clip, clip, progress=False)
+    assert open(clip, "rb").read() == before
+
+
+def make_bad_videos(folder):
+    """Files named like videos that are not: {name: part of the expected reason}."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "empty.mp4"), "wb").close()
+    good = open(make_clip(os.path.join(folder, "whole.tmpclip"), format="mp4"), "rb").read()
+    os.remove(os.path.join(folder, "whole.tmpclip"))
+    with open(os.path.join(folder, "truncated.mp4"), "wb") as f:
+        f.write(good[: len(good) // 2])
+    with av.open(os.path.join(folder, "whole.tmpclip"), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        vs = out.add_stream("libx264", rate=FPS)  # the index first, so the cut is in the frames' data
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        for i in range(N):
+            noise = np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(noise, format="rgb24")))
+        out.mux(vs.encode(None))
+    good = open(os.path.join(folder, "whole.tmpclip"), "rb").read()
+    os.remove(os.path.join(folder, "whole.tmpclip"))
+    with open(os.path.join(folder, "cut_download.mp4"), "wb") as f:
+        f.write(good[: len(good) * 2 // 3])
+    with open(os.path.join(folder, "text.mp4"), "w") as f:
+        f.write("this is a text file, not a film\n")
+    with av.open(os.path.join(folder, "sound_only.mkv"), "w") as out:  # audio, no video stream
+        aud = out.add_stream("flac", rate=8000)
+        aud.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4000), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        out.mux(aud.encode(frame))
+        out.mux(aud.encode(None))
+    return {"empty.mp4": "empty", "truncated.mp4": "not a readable video", "text.mp4": "not a readable video",
+            "sound_only.mkv": "no video stream", "cut_download.mp4": ("damaged video data", "truncated")}
+
+
+def test_bad_videos_fail_by_name_and_the_batch_goes_on(tmp_path, colorizer, capsys):
+    folder = tmp_path / "in"
+    bad = make_bad_videos(str(folder))
+    make_clip(folder / "good.mp4", n=4)
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(folder / "photo.png")
+    n_failed = colorize_files(colorizer, [str(folder)], str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert n_failed == len(bad)
+    for name, why in bad.items():
+        lines = [line for line in err.splitlines() if line.startswith(f"failed: {folder / name}:")]
+        assert len(lines) == 1 and any(w in lines[0] for w in ((why,) if isinstance(why, str) else why)), (name, err)
+    assert sorted(os.listdir(tmp_path / "out")) == ["good.mp4", "photo.png"]
+    assert probe(tmp_path / "out" / "good.mp4")["frames"] == 4
+
+
+def test_without_pyav_videos_say_how_and_photos_still_work(tmp_path, colorizer, capsys, monkeypatch):
+    monkeypatch.setattr(video, "av", None)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not read")
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(tmp_path / "photo.png")
+    assert colorize_files(colorizer, [str(clip), str(tmp_path / "photo.png")], str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {clip}: " in err and "pip install -r requirements-video.txt" in err
+    assert os.listdir(tmp_path / "out") == ["photo.png"]
+
+
+# -----------------------------------------------------------------------------
+# The temporal filter and the metrics
+
+def lab_frames(Ls, abs_):
+    return [np.concatenate([L[..., None], ab], axis=2) for L, ab in zip(Ls, abs_)]
+
+
+def test_filter_lowers_flicker_on_a_still_clip_with_noise():
+    rng = np.random.default_rng(0)
+    L = np.full((24, 32), 50, np.float32) + rng.normal(0, 0.3, (24, 32)).astype(np.float32)
+    abs_ = [np.float32([20, -10]) + rng.normal(0, 4, (24, 32, 2)).astype(np.float32) for _ in range(20)]
+    alone = video.flicker(lab_frames([L] * 20, abs_))
+    filt = video.TemporalFilter(0.8)
+    smooth = video.flicker(lab_frames([L] * 20, [filt(L, ab) for ab in abs_]))
+    assert smooth < 0.5 * alone
+    off = video.TemporalFilter(0)
+    assert video.flicker(lab_frames([L] * 20, [off(L, ab) for ab in abs_])) == pytest.approx(alone)
+
+
+def test_moving_pixels_take_the_new_colour():
+    filt = video.TemporalFilter(0.9)
+    L0, L1 = np.full((16, 16), 30, np.float32), np.full((16, 16), 30, np.float32)
+    L1[:4, :4] = 70  # something bright moved into the corner (too small a change to be a cut)
+    filt(L0, np.zeros((16, 16, 2), np.float32))
+    out = filt(L1, np.full((16, 16, 2), 40, np.float32))
+    assert out[0, 0, 0] == pytest.approx(40, abs=0.1)  # moved: the new frame's colour
+    assert out[15, 15, 0] == pytest.approx(4, abs=0.1)  # still: mostly the past
+    assert filt.cuts == 0
+
+
+def test_a_cut_resets_the_filter():
+    dark, bright = np.full((16, 16), 20, np.float32), np.full((16, 16), 80, np.float32)
+    red, blue = np.full((16, 16, 2), [40, 20], np.float32), np.full((16, 16, 2), [0, -40], np.float32)
+    filt = video.TemporalFilter(0.95)
+    for _ in range(5):
+        filt(dark, red)
+    assert np.array_equal(filt(bright, blue), blue) and filt.cuts == 1  # no red left after the cut
+    assert not np.array_equal(filt(bright, red), red)  # within the shot, the past still counts
+
+
+def test_cdc_and_flicker_of_identical_frames_are_zero():
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    assert video.cdc([rgb] * 6) == 0
+    other = np.clip(rgb.astype(int) + 40, 0, 255).astype(np.uint8)
+    assert video.cdc([rgb, other] * 3) > 0.05
+    lab = np.dstack([np.full((12, 16), 50.0), rng.normal(0, 10, (12, 16, 2))])
+    assert video.flicker([lab] * 4) == 0
+
+
+def test_infer_on_the_command_line(tmp_path, weights):
+    from conftest import run_cli
+    make_clip(tmp_path / "reel.mov", n=6)
+    r = run_cli("--infer", tmp_path / "reel.mov", "--weights", weights, "--device", "cpu", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "colorized 1 of 1" in r.stdout
+    assert probe(tmp_path / "out" / "reel.mp4")["frames"] == 6
