@@ -6,7 +6,10 @@ the PNG, or a zip of all. Built with Gradio (requirements-ui.txt); the model is 
 """
 import errno
 import os
+import re
+import shutil
 import socket
+import stat
 import tempfile
 import time
 import zipfile
@@ -16,7 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 from PIL import Image, ImageDraw  # noqa: E402
 
 from colorizer import failure_reason  # noqa: E402
-from files import UserError, describe_os_error  # noqa: E402
+from files import UserError, describe_os_error, display_name, sigterm_as_interrupt  # noqa: E402
 from hints import HintError, hex_color, hints_json, parse_color, read_hints  # noqa: E402
 from images import BadImageError, gray_version, load_image  # noqa: E402
 
@@ -25,6 +28,88 @@ PRESETS = {  # name: colour of a hint; only hue and saturation count, the photo 
     "sky blue": "#6a9fd8", "grass green": "#5f8f3a", "brick red": "#a3432f",
 }
 RENDER_SIZES = (256, 1024)  # the quality / speed knob: the longer side the network sees, pixels
+PRIVATE_PREFIX = "colorizer-web-"  # the server's one private folder: colorizer-web-<pid>-<random>, in the temp folder
+LEGACY_STALE_S = 3600  # a colorizer-web-<random> folder of an older version (no pid): stale once unchanged this long
+
+
+# -----------------------------------------------------------------------------
+# Privacy: every photo the page sees (uploads, Gradio's copies, results) lives in one private folder
+# per server, removed when the server stops and by "Forget these photos"
+
+def make_private_folder(log=print):
+    """A new private folder (mode 0700) for one server, named with its pid, after removing those of dead
+    servers; Gradio's uploads and cached copies are pointed into it (GRADIO_TEMP_DIR, read by Gradio
+    when it makes each component and the server, so this runs before any of them is made)."""
+    remove_stale_folders(log=log)
+    root = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-")  # mkdtemp: mode 0700, owner only
+    os.environ["GRADIO_TEMP_DIR"] = os.path.join(root, "gradio")
+    return root
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_folders(temp_root=None, log=print):
+    """Remove the private folders left by servers that could not clean up (SIGKILL, power loss): this
+    user's colorizer-web-<pid>-* folders whose pid is gone, and an older version's pid-less ones
+    unchanged for LEGACY_STALE_S. Another user's folder, a link, or a live server's folder is left alone."""
+    temp_root = temp_root or tempfile.gettempdir()
+    try:
+        names = os.listdir(temp_root)
+    except OSError:
+        return
+    for name in sorted(names):
+        if not name.startswith(PRIVATE_PREFIX):
+            continue
+        path = os.path.join(temp_root, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        owner = re.fullmatch(re.escape(PRIVATE_PREFIX) + r"(\d+)-.+", name)
+        if owner and pid_alive(int(owner.group(1))):
+            continue
+        if not owner and time.time() - st.st_mtime < LEGACY_STALE_S:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            log(f"removed {display_name(path)}, the photos of a web page server that was killed")
+
+
+def remove_file(path, up_to=None):
+    """Remove the file path (if there), then its parent folders while they are empty, up to (not
+    including) the folder up_to: Gradio keeps each cached copy in a folder of its own."""
+    try:
+        os.remove(path)
+    except OSError:
+        return
+    folder = os.path.dirname(path)
+    while up_to and os.path.realpath(folder) != os.path.realpath(up_to) and inside(folder, up_to):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
+
+
+def inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def cache_folder():
+    """Where Gradio keeps uploads and its copies of the files the page shows (None: Gradio's default,
+    outside our folder, when build_app was called without one, as the in-process tests do)."""
+    return os.environ.get("GRADIO_TEMP_DIR")
 
 
 def gray_of(path, max_pixels):
@@ -52,6 +137,39 @@ class Session:
     def __init__(self, root):
         self.photos, self.current, self.folder = [], 0, tempfile.mkdtemp(dir=root)
         self.zipped = None  # the PNGs (path, mtime) that colorized.zip holds
+        self.cached = set()  # Gradio's copies of this session's files: uploads, and each file the page showed
+
+    def note_shown(self, paths):
+        """Remember where Gradio will copy each file the page is about to show: <cache>/<hash of the
+        content>/<name>, Gradio's own scheme (processing_utils.save_file_to_cache)."""
+        cache = cache_folder()
+        if not cache:
+            return
+        from gradio import processing_utils
+        from gradio_client.utils import strip_invalid_filename_characters
+        for path in filter(None, paths):
+            try:
+                self.cached.add(os.path.join(cache, processing_utils.hash_file(path),
+                                             strip_invalid_filename_characters(os.path.basename(path))))
+            except OSError:
+                pass
+
+    def forget(self):
+        """Remove every file of this session from disk: its folder, its uploads and Gradio's copies."""
+        cache = cache_folder()
+        for path in self.cached | {p["path"] for p in self.photos}:
+            if cache and inside(path, cache):  # only Gradio's copies: a path given in-process is the user's own
+                remove_file(path, up_to=cache)
+        if cache and os.path.isdir(cache):
+            # Gradio's File makes an empty tmpXXXXXXXX file per upload and never uses it (6.x,
+            # components/file.py): no one's data, so every one of them goes
+            for name in os.listdir(cache):
+                path = os.path.join(cache, name)
+                if name.startswith("tmp") and os.path.isfile(path) and not os.path.islink(path) \
+                        and os.path.getsize(path) == 0:
+                    remove_file(path)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.photos, self.cached, self.zipped, self.current = [], set(), None, 0
 
     def photo(self):
         return self.photos[self.current] if self.photos else None
@@ -77,10 +195,16 @@ class Session:
         return path
 
 
-def build_app(colorizer):
-    """The Gradio Blocks app around a loaded Colorizer."""
+def build_app(colorizer, root=None):
+    """The Gradio Blocks app around a loaded Colorizer; every file it writes is under the folder root
+    (serve() makes it with make_private_folder() and removes it); without one, a temporary folder
+    that lives as long as the app."""
     import gradio as gr
-    root = tempfile.TemporaryDirectory(prefix="colorizer-web-")  # lives as long as the app
+    if root is None:
+        temp_root = tempfile.TemporaryDirectory(prefix=PRIVATE_PREFIX)
+        root = temp_root.name
+    else:
+        temp_root = root
 
     def render(session, i, render_size, saturation):
         p = session.photos[i]
@@ -106,18 +230,21 @@ def build_app(colorizer):
         shown = colour
         if p["hints"]:
             shown = save_fast(with_markers(p["colour"], p["hints"]), session.output_path(session.current, "marked"))
+        download = session.download()
+        session.note_shown([shown, p["gray"], colour, download, hints_file])
         return (session, gr.update(choices=names, value=names[session.current]),
-                shown, (p["gray"], colour), session.download(),
+                shown, (p["gray"], colour), download,
                 gr.update(choices=hints, value=[]), hints_file, "\n\n".join(filter(None, [message, timing])))
 
     def add_photos(session, files, render_size, saturation):
-        session = session or Session(root.name)
+        session = session or Session(root)
         problems, known = [], {p["path"] for p in session.photos}
         for f in files or []:
             path = f if isinstance(f, str) else f.name
             if path in known:  # the upload box lists earlier files too
                 continue
             name = os.path.basename(path)
+            session.cached.add(path)  # the upload, forgotten with the photos even when it is not a photo
             try:
                 session.photos.append({"name": name, "path": path, "hints": []})
                 i = len(session.photos) - 1
@@ -172,12 +299,26 @@ def build_app(colorizer):
 
     def load_hints(session, file, render_size, saturation):
         path = file if isinstance(file, str) else file.name
+        if session:
+            session.cached.add(path)  # the uploaded JSON: forgotten with the photos
         return change_hints(session, render_size, saturation,
                             lambda p: [(x, y, hex_color(parse_color(c))) for x, y, c in read_hints(path)])
 
+    def forget(session):
+        """ "Forget these photos": the session's files off the disk, its photos out of memory, the page cleared."""
+        n = len(session.photos) if session else 0
+        if session:
+            session.forget()
+        message = f"Forgotten: {n} photo{'s' * (n != 1)} and {'their' if n != 1 else 'its'} results removed from this computer." if n else ""
+        return view(None, message) + (None,)
+
+    def tab_closed(session):  # Gradio drops a tab's state an hour after the tab is closed or reloaded
+        if session:
+            session.forget()
+
     with gr.Blocks(title="colorizer") as app:
-        app.temp_root = root
-        session = gr.State(None)
+        app.temp_root = temp_root
+        session = gr.State(None, delete_callback=tab_closed)
         gr.Markdown("## Colorize black-and-white photos\nDrop photos below. Click a photo to give a colour "
                     "hint there: the colour spreads over the object you clicked.")
         with gr.Row():
@@ -204,6 +345,9 @@ def build_app(colorizer):
                                   interactive=False, elem_id="result", buttons=["fullscreen"])
                 compare = gr.ImageSlider(label="Before / after", type="filepath", elem_id="compare")
                 download = gr.File(label="Download", elem_id="download")
+                forget_btn = gr.Button("Forget these photos", variant="stop", elem_id="forget")
+                gr.Markdown("Removes this page's photos and results from this computer. They are also removed "
+                            "when the server stops.")
         outputs = [session, which, result, compare, download, hint_list, save_hints, status]
         settings = [render_size, saturation]
         files.upload(add_photos, [session, files] + settings, outputs)
@@ -215,6 +359,7 @@ def build_app(colorizer):
         remove_btn.click(remove, [session, hint_list] + settings, outputs)
         clear_btn.click(clear, [session] + settings, outputs)
         load_btn.upload(load_hints, [session, load_btn] + settings, outputs)
+        forget_btn.click(forget, [session], outputs + [files])
     return app
 
 
@@ -226,21 +371,40 @@ def save_fast(img, path):
 
 
 def serve(colorizer, host="127.0.0.1", port=7860):
-    """Start the page and block; Ctrl-C stops it."""
-    try:
-        import gradio as gr
-    except ImportError:
-        raise UserError("--serve needs the web page's requirements: pip install -r requirements-ui.txt") from None
+    """Start the page and block; Ctrl-C or SIGTERM stops it. The private folder holding every photo
+    the page saw is removed however it stops (but SIGKILL: then at the next start)."""
+    import importlib.util
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError("--serve needs the web page's requirements: pip install -r requirements-ui.txt")
     check_port(host, port)
-    if host not in ("127.0.0.1", "localhost"):
-        print(f"warning: serving on {host}: anyone who can reach this machine can use the page and see the "
-              f"photos uploaded to it")
-    app = build_app(colorizer)
-    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
-    print(f"model {colorizer.weights} on {colorizer.device}; hints {'on' if colorizer.takes_hints else 'off'}")
-    print(f"serving the page at http://{host}:{port} (Ctrl-C stops it)", flush=True)
-    # quiet: Gradio's own banner advises share=True, which a user of this command line cannot set
-    app.launch(server_name=host, server_port=port, theme=theme, show_error=True, footer_links=[], quiet=True)
+    root = make_private_folder()  # before Gradio is imported: it reads GRADIO_TEMP_DIR
+    try:
+        with sigterm_as_interrupt():
+            try:
+                import gradio as gr
+            except ImportError:
+                raise UserError("--serve needs the web page's requirements: pip install -r requirements-ui.txt") from None
+            if host not in ("127.0.0.1", "localhost"):
+                print(f"warning: serving on {host}: anyone who can reach this machine can use the page and see the "
+                      f"photos uploaded to it")
+            app = build_app(colorizer, root)
+            theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
+            print(f"model {colorizer.weights} on {colorizer.device}; hints {'on' if colorizer.takes_hints else 'off'}")
+            print(f"serving the page at http://{host}:{port} (Ctrl-C stops it)", flush=True)
+            try:
+                # quiet: Gradio's own banner advises share=True, which a user of this command line cannot set.
+                # Our own wait, not Gradio's: its Ctrl-C handler keeps the heartbeats going while the server
+                # closes, which then waits 5 s for them; close() stops them first
+                app.launch(server_name=host, server_port=port, theme=theme, show_error=True, footer_links=[],
+                           quiet=True, prevent_thread_lock=True)
+                while app.is_running:
+                    time.sleep(0.2)
+            finally:
+                app.close()  # no request writes into the folder while it is removed
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if os.path.lexists(root):
+            print(f"warning: could not remove {display_name(root)}, which holds the page's photos", flush=True)
 
 
 def check_port(host, port):
