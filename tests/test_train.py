@@ -18,8 +18,8 @@ from models import build_generator
 
 
 def photos_and_cfg(tmp_path, steps):
-    """8 photos of 48x40 (2 held out for samples: 3 steps per epoch at batch 2) and a tiny config."""
-    data = make_photos(tmp_path / "data", n=8, size=(48, 40))
+    """6 photos of 48x40 (too few to hold any out: 3 steps per epoch at batch 2) and a tiny config."""
+    data = make_photos(tmp_path / "data", n=6, size=(48, 40))
     return tiny_cfg(data, tmp_path / "run", steps)
 
 
@@ -51,7 +51,7 @@ def test_resume_continues_step_count(tmp_path, capsys):
     ckpt6 = load_checkpoint(os.path.join(cfg["RUN_DIR"], "checkpoint.pt"))
     assert ckpt6["step"] == 6
     assert ckpt6["optG"]["state"][0]["step"].item() == 6  # Adam state carried over, not restarted
-    # 8 images, 2 held out for samples: 6 / batch 2 = 3 steps per epoch
+    # 6 images, none held out for samples: 6 / batch 2 = 3 steps per epoch
     assert (ckpt3["epoch"], ckpt3["batch_in_epoch"]) == (1, 0) and (ckpt6["epoch"], ckpt6["batch_in_epoch"]) == (2, 0)
     assert [int(r["step"]) for r in read_log(cfg["RUN_DIR"])] == [1, 2, 3, 4, 5, 6]
 

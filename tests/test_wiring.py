@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 
 
 def photos_and_cfg(tmp_path, steps, *extra):
-    """8 photos of 48x40 (2 held out for the sample grid) and a tiny config."""
+    """8 photos of 48x40 (too few to hold any out: the grid shows training photos) and a tiny config."""
     data = make_photos(tmp_path / "data", n=8, size=(48, 40))
     return tiny_cfg(data, tmp_path / "run", steps, *extra)
 
