@@ -3,6 +3,7 @@
     python colorize_base.py --train [--data DIR] [--steps N] ...   train (resumes in RUN_DIR)
     python colorize_base.py --infer img.jpg folder/ "scans/*.tif"   colorize into OUT_DIR
     python colorize_base.py --eval photos/ [--eval-size 256]        quality metrics into EVAL_DIR
+    python colorize_base.py --eval frames/ --video                  one clip's colour frames, scored in time too
     python colorize_base.py --export small.pt --weights run/checkpoint.pt
     python colorize_base.py --serve                                  a local web page, http://127.0.0.1:7860
 
@@ -37,7 +38,7 @@ try:  # all but --infer need PyTorch; without it (requirements-lite.txt) --infer
     import models
     from checkpoint import TrainState, export, file_constants, load_checkpoint
     from data import training_data
-    from evaluate import evaluate
+    from evaluate import evaluate, evaluate_video
     from models import build_discriminator, build_generator, memory_format
     from onnx_export import export_onnx
     from runtime import (CSVLog, any_rank, autocast_for, describe_device, init_distributed, lock_run_dir, make_loader,
@@ -102,6 +103,7 @@ MAX_BAD_STEPS = 20                  # stop after this many consecutive steps wit
 RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
 BACKEND = "auto"                    # inference engine: torch, onnx (onnxruntime: an .onnx WEIGHTS, or the .onnx beside a .pt) or auto
 SATURATION = 1.55                   # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
+TEMPORAL = 0.8                      # film: share of a still pixel's past colour (Lab ab) kept each frame, in [0, 1); 0 = every frame alone
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
 MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
 NUM_WORKERS = 2                     # data-loading processes; 0 loads in the main process
@@ -171,6 +173,10 @@ def build_parser():
     p.add_argument("--port", type=int, default=7860, help="with --serve: the port (default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on (default 127.0.0.1, "
                                                        "this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--video", action="store_true", help="with --eval: DIR is one clip, its colour frames in the order of "
+                                                        "their names (frame_2 before frame_10); scored per frame and in "
+                                                        "time (CDC, flicker), through the temporal filter (TEMPORAL) and "
+                                                        "each frame alone")
     p.add_argument("--fresh", action="store_true", help="with --train: start over, ignoring a checkpoint in RUN_DIR")
     p.add_argument("--hints", metavar="FILE|N", help="with --infer: a JSON file of colour hints for the one photo "
                                                      "(see the README); with --eval: reveal N true colours per photo "
@@ -232,7 +238,7 @@ def check_config(cfg):
         need(cfg[name] >= 0, name, "0 or more")
     for name in ("LR_G", "LR_D"):
         need(cfg[name] > 0, name, "a positive learning rate")
-    for name in ("BETA1", "BETA2", "EMA_DECAY", "DROPOUT"):
+    for name in ("BETA1", "BETA2", "EMA_DECAY", "DROPOUT", "TEMPORAL"):
         need(0 <= cfg[name] < 1, name, "in [0, 1)")
     for name in ("SOURCE_BALANCE", "MOSAIC", "HINT_SHARE", "HINT_COLOUR_BIAS"):
         need(0 <= cfg[name] <= 1, name, "in [0, 1]")
@@ -449,6 +455,8 @@ def main(argv=None):
             raise UserError(f"{'--train' if args.train else '--export' if args.export else '--eval'} needs PyTorch, "
                             f"which is not installed (pip install -r requirements.txt); without it, --infer and "
                             f"--serve colorize with ONNX models on onnxruntime")
+        if args.video and (not args.eval or n_hints):
+            raise UserError("--video is for --eval (without --hints): a folder of one clip's colour frames")
         threads = backends.set_threads(cfg)
         if args.train:
             train(cfg, fresh=args.fresh)
@@ -466,8 +474,11 @@ def main(argv=None):
             return 0
         with sigterm_as_interrupt():
             if args.infer:
-                return 1 if colorize_files(colorizer, args.infer, cfg["OUT_DIR"], args.debug, args.hints) else 0
+                return 1 if colorize_files(colorizer, args.infer, cfg["OUT_DIR"], args.debug, args.hints,
+                                                cfg["TEMPORAL"]) else 0
             out_dir = cfg["OUT_DIR"] if args.OUT_DIR is not None else cfg["EVAL_DIR"]
+            if args.video:
+                return evaluate_video(colorizer, args.eval, out_dir, cfg["TEMPORAL"], args.debug)
             return 1 if evaluate(colorizer, args.eval, out_dir, cfg["EVAL_SIZE"], cfg["NUM_SAMPLES"], args.debug,
                                  n_hints) else 0
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from files import UserError, atomic_write, describe_os_error, display_name, fit_
 from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
 from images import (IMG_EXTENSIONS, BadImageError, find_images, float_pixels_problem, image_to_array, integer_scale,
                     lab_to_net, lab_to_rgb, net_to_lab, open_image, render_shape, rgb_to_L, unique_files)
-from video import colorize_video, find_videos, is_video_file
+from video import TEMPORAL, colorize_video, find_videos, is_video_file
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "colorizer.pt")
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
@@ -235,12 +235,12 @@ def _row_reader(image, max_pixels):
 # -----------------------------------------------------------------------------
 # Colorizing many files: --infer
 
-def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
+def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None, temporal=TEMPORAL):
     """Colorize every image under inputs (files, folders, globs) into out_dir as <stem>.png, and every
-    video (video.VIDEO_SUFFIXES) as <stem>.mp4 (video.colorize_video).
-    Colour hints come from hints_file (one input photo only), else from photo.hints.json beside each
-    photo when there is one. A file that fails (or its hints) is reported by name and the others
-    still run. Returns the number that failed."""
+    video (video.VIDEO_SUFFIXES) as <stem>.mp4 (video.colorize_video, temporal filter strength temporal).
+    Colour hints come from hints_file (one input only), else from photo.hints.json beside each photo (a film:
+    reel.hints.json beside reel.mp4, hints with frame numbers, video.read_clip_hints) when there is one. A file
+    that fails (or its hints) is reported by name and the others still run. Returns the number that failed."""
     files, failed, unreadable, empty = [], [], [], []
     for p in inputs:  # a missing input, or a folder without images, is reported; the others still run
         n_unreadable = len(unreadable)
@@ -271,7 +271,7 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None):
         source = hints_file or (sidecar if os.path.lexists(sidecar) else None)  # not a file: read_hints says so
         try:
             if is_video_file(f):  # film: <stem>.mp4, frame by frame (video.py)
-                colorize_video(colorizer, f, targets[f], inputs=files)
+                colorize_video(colorizer, f, targets[f], temporal, inputs=files, hints_path=source)
                 n_ok += 1
                 continue
             hints = read_hints(source) if source else None

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import zlib
 
@@ -16,7 +17,8 @@ from tqdm import tqdm
 from colorizer import display_name, failure_reason, make_output_dir
 from files import UserError, atomic_write, refuse_inputs_as_output
 from hints import POINT_SIDE, hex_color, square
-from images import IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, render_shape, render_to_photo, to_8bit
+from images import (IMG_EXTENSIONS, BadImageError, find_images, gray_version, is_grayscale, load_image, render_shape, render_to_photo,
+                    rgb_to_lab, to_8bit)
 from metrics import colorfulness, colorfulness_gap, image_metrics
 
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_colour")
@@ -215,3 +217,85 @@ def write_csv(rows, path):
     writer.writeheader()
     writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else spreadsheet_text(v) for k, v in r.items()} for r in rows)
     atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()), "report")
+
+
+# -----------------------------------------------------------------------------
+# --eval DIR --video: one clip's colour frames, scored in time as well
+
+VIDEO_METRICS = ("psnr", "ciede2000", "colorfulness")
+
+
+def _natural_key(path):
+    """frame_2.png before frame_10.png: numbers in the name compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def evaluate_video(colorizer, data_dir, out_dir, strength, debug=False):
+    """Score the colorizer on one clip with a colour truth: the colour frames in data_dir, in the order
+    of their names (numbers compared as numbers). Their gray versions go, in that order, through the
+    film pipeline (video.frame_lab and video.TemporalFilter at strength, cuts reset it) and, beside it,
+    each frame alone (strength 0). Per frame: PSNR, CIEDE2000 and colourfulness against the truth;
+    for the clip: video.cdc and video.flicker of ours, of each frame alone and of the truth. Writes
+    metrics.csv (one row per frame) and summary.json into out_dir, prints a table; returns 0. The
+    clip is held in memory, so this is for short clips (a few hundred frames)."""
+    import video  # PyAV is not needed here; video.py imports without it
+    files, unreadable = eval_files(data_dir, out_dir)
+    if unreadable:
+        raise UserError(f"--eval {data_dir} --video: cannot read the folder {display_name(unreadable[0][0])}")
+    if len(files) < 2:
+        raise UserError(f"--eval {data_dir} --video: a clip needs at least 2 frames, got {len(files)}")
+    files = sorted(files, key=_natural_key)
+    make_output_dir(out_dir)
+    filt = video.TemporalFilter(strength)
+    rows, clips = [], {"ours": [], "alone": [], "truth": []}
+    for f in tqdm(files, desc="eval clip", unit="frame", dynamic_ncols=True):
+        try:
+            truth, _ = load_image(f, colorizer.max_pixels)
+        except BadImageError as e:
+            raise UserError(f"--eval {data_dir} --video: {failure_reason(f, e)}; a clip needs every frame") from None
+        if clips["truth"] and truth.shape != clips["truth"][0].shape:
+            raise UserError(f"--eval {data_dir} --video: {display_name(f)} is {truth.shape[1]}x{truth.shape[0]}, "
+                            f"unlike the frames before it")
+        rgb8 = np.round(gray_version(truth) * 255).astype(np.uint8)
+        L, ab = video.frame_lab(colorizer, rgb8)
+        frames = {"ours": video.compose(L, filt(L, ab)), "alone": video.compose(L, ab)}
+        row = {"file": display_name(os.path.relpath(f, data_dir))}
+        for method, rgb in frames.items():
+            m = image_metrics(rgb.astype(np.float32) / 255, truth)
+            row.update({f"{k}_{method}": m[k] for k in VIDEO_METRICS})
+            clips[method].append(rgb)
+        row["colorfulness_truth"] = colorfulness(truth)
+        clips["truth"].append(to_8bit(truth))
+        rows.append(row)
+    summary = {"data": display_name(os.path.abspath(data_dir)), "weights": colorizer.weights,
+               "render_size": colorizer.render_size, "saturation": colorizer.saturation, "temporal": strength,
+               "frames": len(files), "cuts": filt.cuts}
+    for method, frames in clips.items():
+        rgb = [np.asarray(x, np.float32) / 255 if x.dtype == np.uint8 else x for x in frames]
+        lab = [rgb_to_lab(x.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0) for x in rgb]
+        means = {k: float(np.mean([r[f"{k}_{method}"] for r in rows])) for k in VIDEO_METRICS} if method != "truth" \
+            else {"colorfulness": float(np.mean([r["colorfulness_truth"] for r in rows]))}
+        summary[method] = {**means, "cdc": video.cdc(rgb), "flicker": video.flicker(lab)}
+    columns = ["file"] + [f"{k}_{m}" for m in ("ours", "alone") for k in VIDEO_METRICS] + ["colorfulness_truth"]
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else spreadsheet_text(v) for k, v in r.items()} for r in rows)
+    atomic_write(os.path.join(out_dir, "metrics.csv"), lambda fh: fh.write(buf.getvalue().encode()), "report")
+    text = json.dumps(summary, indent=2)
+    atomic_write(os.path.join(out_dir, "summary.json"), lambda fh: fh.write(text.encode()), "report")
+    print(f"\nclip of {len(files)} frames from {display_name(data_dir)}, rendered at {colorizer.render_size} px, "
+          f"temporal {strength}; {filt.cuts} cut(s) found")
+    print(format_video_table(summary))
+    print(f"wrote metrics.csv and summary.json to {display_name(out_dir)}")
+    return 0
+
+
+def format_video_table(summary):
+    lines = [f"{'metric':34s}{'alone':>10s}{'ours':>10s}{'truth':>10s}"]
+    for key, label, fmt in (("psnr", "PSNR, dB (higher is better)", ".2f"), ("ciede2000", "CIEDE2000 (lower is better)", ".2f"),
+                            ("colorfulness", "colourfulness", ".2f"), ("cdc", "CDC (truth's is the aim)", ".5f"),
+                            ("flicker", "flicker (lower is steadier)", ".3f")):
+        cells = [format(summary[m][key], fmt) if key in summary[m] else "-" for m in ("alone", "ours", "truth")]
+        lines.append(f"{label:34s}{cells[0]:>10s}{cells[1]:>10s}{cells[2]:>10s}")
+    return "\n".join(lines)

@@ -9,12 +9,19 @@ and the frames encoded as H.264 with the audio stream copied.
 PyAV is optional (pip install -r requirements-video.txt): without it this module still imports,
 and colorize_video says how to install it. The metrics at the end (flicker, cdc) are numpy only.
 """
+import functools
+import hashlib
+import heapq
+import itertools
+import json
 import os
+import shutil
 
 import numpy as np
 from tqdm import tqdm
 
-from files import UserError, atomic_write, check_writable_target, make_folders, same_file
+from files import UserError, atomic_write, check_writable_target, display_name, fit_name, make_folders, same_file
+from hints import HintError, _parse_json, _read_small_file, parse_color
 from images import lab_to_rgb, rgb_to_L, rgb_to_lab, walk_files
 
 try:
@@ -26,6 +33,9 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")  # --infer takes thes
 TEMPORAL = 0.8        # default strength of the temporal filter of ab, 0..1 (0: every frame alone)
 L_TOLERANCE = 3.0     # Lab L change (of the 5x5-averaged L) at which a pixel's memory of past colour falls to 1/e
 CUT_THRESHOLD = 0.3   # a scene cut: L histograms (64 bins) of consecutive frames differ by more than this (total variation, 0..1)
+CHUNK_FRAMES = 64     # frames per resumable part: an interrupted film continues from the last finished part
+PARTS_SUFFIX = ".parts"  # the work folder beside an output, .<name>.parts/, holds its finished parts
+FILTER_STATE = "filter.npz"  # in the work folder: the temporal filter's state after the last finished part
 STILL_L = 2.0         # flicker counts the pixels whose L changes by less than this between frames
 INSTALL = "pip install -r requirements-video.txt"
 
@@ -94,11 +104,22 @@ class TemporalFilter:
         self.L, self.hist = L_smooth, hist
         return self.ab
 
+    def state(self):
+        """The filter's memory as arrays (for np.savez), so that a resumed film continues it exactly."""
+        return {"cuts": np.int64(self.cuts), **{k: getattr(self, k) for k in ("L", "hist", "ab") if getattr(self, k) is not None}}
 
-def frame_lab(colorizer, rgb):
-    """An 8-bit (H, W, 3) frame -> (its own L (H, W), the colorizer's ab (H, W, 2)), in Lab units."""
+    def restore(self, state):
+        """Continue from a state() (a dict or an np.load of one)."""
+        self.cuts = int(state["cuts"])
+        for k in ("L", "hist", "ab"):
+            setattr(self, k, np.array(state[k]) if k in state else None)
+
+
+def frame_lab(colorizer, rgb, hints=None):
+    """An 8-bit (H, W, 3) frame -> (its own L (H, W), the colorizer's ab (H, W, 2)), in Lab units;
+    hints: colour hints [(x, y, colour), ...] for this frame, or None."""
     L = rgb_to_L(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255)[0, 0]
-    out = np.asarray(colorizer.colorize(rgb).convert("RGB"), np.float32) / 255
+    out = np.asarray((colorizer.colorize(rgb, hints=hints) if hints else colorizer.colorize(rgb)).convert("RGB"), np.float32) / 255
     ab = rgb_to_lab(out.transpose(2, 0, 1)[None])[0, 1:].transpose(1, 2, 0)
     return L, ab
 
@@ -107,6 +128,30 @@ def compose(L, ab):
     """L (H, W) and ab (H, W, 2) -> 8-bit RGB (H, W, 3)."""
     lab = np.concatenate([L[None, None], ab.transpose(2, 0, 1)[None]], axis=1)
     return np.round(lab_to_rgb(lab)[0] * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def read_clip_hints(path):
+    """A clip's hints file, {"hints": [{"frame": 0, "x": 120, "y": 64, "color": "#b02020"}, ...]} (the
+    photo format, each hint with the frame it is given on, counted from 0) -> ({frame: [(x, y, colour),
+    ...]}, a digest of the file's bytes). UserError naming the file and the fault."""
+    raw = _read_small_file(path)
+    data = _parse_json(path, raw)
+    items = data.get("hints") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise UserError(f'{path}: expected {{"hints": [{{"frame": 0, "x": 12, "y": 34, "color": "#rrggbb"}}, ...]}}')
+    by_frame = {}
+    for i, item in enumerate(items, 1):
+        if not (isinstance(item, dict) and {"frame", "x", "y", "color"} <= item.keys()):
+            raise UserError(f"{path}: hint {i}: expected an object with frame, x, y and color")
+        frame = item["frame"]
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+            raise UserError(f"{path}: hint {i}: frame must be a frame number, 0 or more, got {frame!r}")
+        try:
+            parse_color(item["color"])
+        except ValueError as e:
+            raise UserError(f"{path}: hint {i}: {e}") from None
+        by_frame.setdefault(frame, []).append((item["x"], item["y"], item["color"]))
+    return by_frame, hashlib.sha256(raw).hexdigest()
 
 
 # -----------------------------------------------------------------------------
@@ -142,72 +187,219 @@ def _reason(error):
     return " ".join(str(text).split())[:150]
 
 
-def colorize_video(colorizer, path, out_path, strength=TEMPORAL, inputs=(), progress=True):
+def parts_folder(out_path):
+    """The hidden work folder beside out_path that holds a film's finished chunks until it is whole:
+    reel.mp4 -> .reel.mp4.parts/."""
+    folder, name = os.path.split(os.path.abspath(out_path))
+    return os.path.join(folder, fit_name("." + name, PARTS_SUFFIX))
+
+
+def _part(work, k, kind):
+    """Part k's video (kind "part", an MP4) or the input timestamps of its frames ("pts", a .npy)."""
+    return os.path.join(work, f"{kind}_{k:06d}." + ("mp4" if kind == "part" else "npy"))
+
+
+def colorize_video(colorizer, path, out_path, strength=TEMPORAL, inputs=(), progress=True, hints_path=None,
+                   chunk_frames=CHUNK_FRAMES):
     """Colorize the video at path into out_path (H.264, yuv420p, MP4): same size (an odd width or height
     gets one repeated column or row: yuv420p needs even sizes), frame rate and time base, the first
     audio stream copied. Frames are decoded, colorized (Colorizer.colorize), filtered (TemporalFilter)
-    and encoded one at a time, so memory does not grow with the clip. Written to a temporary file
-    beside out_path and renamed when complete. out_path is never one of path or inputs.
-    Returns {"frames": n, "cuts": n, "audio": bool}. UserError in one line for a bad input."""
+    and encoded one at a time, so memory does not grow with the clip.
+
+    Resumable: every chunk_frames frames are one small MP4 part in parts_folder(out_path), written all
+    or nothing, then the temporal filter's state at its end (FILTER_STATE), under a manifest naming the input (size,
+    modification time, frame count) and the settings. Run again after an interruption, the finished
+    parts are kept (decoded past, not colorized again) and the filter continues from its saved state;
+    parts of another input or other settings are discarded. When all frames are done, the parts are
+    joined without re-encoding (audio copied from the input) into out_path, written to a temporary
+    file and renamed, and the work folder is removed. out_path is never one of path or inputs.
+
+    hints_path: a clip's hints file (read_clip_hints): a hint given on frame i holds from frame i to the
+    next scene cut. Returns {"frames": n, "cuts": n, "audio": bool, "resumed_at": first frame colorized
+    in this run}. UserError in one line for a bad input."""
     _need_av()
     for p in (path, *inputs):
         if os.path.lexists(out_path) and same_file(out_path, p):
             raise UserError(f"{out_path}: the output is also an input ({p}), so nothing was written")
     check_writable_target(out_path, "output")
+    hints, hints_digest = read_clip_hints(hints_path) if hints_path else ({}, None)
+    if hints and not getattr(colorizer, "takes_hints", True):
+        raise UserError(f"{hints_path}: {getattr(colorizer, 'weights', 'this model')} takes no colour hints "
+                        f"(trained without HINT_INPUT)")
     source, vin = _open_input(path)
     try:
         make_folders(os.path.dirname(os.path.abspath(out_path)))
-        stats = {}
-        atomic_write(out_path, lambda f: _transcode(colorizer, path, source, vin, f, strength, progress, stats), "output")
+        work = parts_folder(out_path)
+        st = os.stat(path)
+        manifest = {"input": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": vin.frames,
+                    "strength": float(strength), "chunk_frames": chunk_frames, "l_tolerance": L_TOLERANCE,
+                    "cut_threshold": CUT_THRESHOLD, "weights": str(getattr(colorizer, "weights", None)),
+                    "render_size": getattr(colorizer, "render_size", None),
+                    "saturation": getattr(colorizer, "saturation", None), "hints": hints_digest,
+                    "weights_mtime_ns": _mtime_ns(getattr(colorizer, "weights", None))}
+        try:
+            stats = _encode_parts(colorizer, path, source, vin, work, manifest, hints, hints_path, progress)
+        except _InputError:  # a bad input: nothing to resume
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        atomic_write(out_path, lambda f: _join_parts(path, work, stats.pop("parts"), f), "output")
+        shutil.rmtree(work, ignore_errors=True)
         return stats
     finally:
         source.close()
 
 
-def _transcode(colorizer, path, source, vin, f, strength, progress, stats):
+def _start_work_folder(work, manifest):
+    """The number of chunks already finished in work for this manifest (0 for a new or stale folder,
+    which is emptied and given the manifest)."""
+    if os.path.lexists(work) and not os.path.isdir(work):
+        raise UserError(f"{work}: the work folder of this film is not a folder; remove it and run again")
+    try:
+        with open(os.path.join(work, "manifest.json"), encoding="utf-8") as f:
+            same = json.load(f) == json.loads(json.dumps(manifest))
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(work, ignore_errors=True)
+        make_folders(work)
+        text = json.dumps(manifest, indent=1).encode()
+        atomic_write(os.path.join(work, "manifest.json"), lambda f: f.write(text), "film part")
+        return 0
+    try:  # the filter's state after the last finished part; parts after it are made again
+        with np.load(os.path.join(work, FILTER_STATE)) as state:
+            done = int(state["part"]) + 1
+    except (OSError, ValueError, KeyError):
+        done = 0
+    if not all(os.path.isfile(_part(work, k, kind)) for k in range(done) for kind in ("part", "pts")):
+        shutil.rmtree(work, ignore_errors=True)  # a part went missing: start over
+        return _start_work_folder(work, manifest)
+    return done
+
+
+def _mtime_ns(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def _encode_parts(colorizer, path, source, vin, work, manifest, hints, hints_path, progress):
     ain = source.streams.audio[0] if source.streams.audio else None
     W, H = vin.codec_context.width, vin.codec_context.height
     if not W or not H:
         raise _InputError(f"{path}: the video stream has no frame size")
-    rate = vin.average_rate or vin.guessed_rate or 25
-    out = av.open(f, "w", format="mp4")
-    try:
-        vout = out.add_stream("libx264", rate=rate)
-        vout.width, vout.height, vout.pix_fmt = W + W % 2, H + H % 2, "yuv420p"
-        vout.time_base = vin.time_base
-        vout.codec_context.time_base = vin.time_base
-        aout = out.add_stream_from_template(ain) if ain is not None else None
-        filt, n, expected = TemporalFilter(strength), 0, vin.frames
-        bar = tqdm(total=expected or None, desc=os.path.basename(path)[:30], unit="frame", leave=False,
-                   dynamic_ncols=True, disable=not progress)
+    chunk = manifest["chunk_frames"]
+    done = _start_work_folder(work, manifest)
+    filt, shot_start, expected = TemporalFilter(manifest["strength"]), 0, vin.frames
+    if done:
+        with np.load(os.path.join(work, FILTER_STATE)) as state:
+            filt.restore(state)
+            shot_start = int(state["shot_start"])
+    if done and progress:
+        tqdm.write(display_name(f"{path}: resuming at frame {done * chunk}, after the {done} finished parts in {work}"))
+    counted = [0]
+
+    def frames():  # (index, pts, frame) of every decoded frame from chunk `done` on
         next_pts = 0
-        for frame in _decoded(path, source, vin, ain):
-            if not isinstance(frame, av.VideoFrame):  # an audio packet: copied as it is
-                if frame.dts is not None:
-                    frame.stream = aout
-                    out.mux(frame)
-                continue
-            rgb = frame.to_ndarray(format="rgb24")
-            L, ab = frame_lab(colorizer, rgb)
-            rgb = compose(L, filt(L, ab))
-            if rgb.shape[:2] != (vout.height, vout.width):  # an odd size: one row or column repeated
-                rgb = np.pad(rgb, ((0, vout.height - rgb.shape[0]), (0, vout.width - rgb.shape[1]), (0, 0)), mode="edge")
-            new = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            new.pts = frame.pts if frame.pts is not None else next_pts
-            next_pts = new.pts + 1
-            new.time_base = vin.time_base
-            out.mux(vout.encode(new.reformat(format="yuv420p")))
-            n += 1
-            bar.update()
-        bar.close()
-        out.mux(vout.encode(None))
+        for frame in _decoded(path, source, vin, None):
+            pts = frame.pts if frame.pts is not None else next_pts
+            next_pts, i = pts + 1, counted[0]
+            counted[0] += 1
+            if i >= done * chunk:
+                yield i, pts, frame
+    bar = tqdm(total=expected or None, initial=min(done * chunk, expected or done * chunk), desc=os.path.basename(path)[:30],
+               unit="frame", leave=False, dynamic_ncols=True, disable=not progress)
+
+    def colour(i, frame):
+        nonlocal shot_start
+        rgb = frame.to_ndarray(format="rgb24")
+        L = rgb_to_L(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255)[0, 0]
+        if filt.hist is not None and is_cut(filt.hist, l_histogram(L)):
+            shot_start = i  # the filter sees the same cut
+        active = [h for f in sorted(hints) if shot_start <= f <= i for h in hints[f]]
+        try:
+            _, ab = frame_lab(colorizer, rgb, active or None)
+        except HintError as e:  # a point outside the frame: the hints file's fault, said in one line
+            raise UserError(f"{hints_path}: frame {i}: {e}") from None
+        bar.update()
+        return compose(L, filt(L, ab))
+
+    it, k = frames(), done
+    rate = vin.average_rate or vin.guessed_rate or 25
+    try:
+        for first in it:
+            pts = []
+            group = itertools.chain([first], itertools.islice(it, chunk - 1))
+            atomic_write(_part(work, k, "part"),
+                         functools.partial(_encode_segment, group, colour, pts, W, H, rate, vin.time_base), "film part")
+            atomic_write(_part(work, k, "pts"), lambda f, p=pts: np.save(f, np.int64(p)), "film part")
+            state = {**filt.state(), "shot_start": np.int64(shot_start), "part": np.int64(k)}  # one file, overwritten
+            atomic_write(os.path.join(work, FILTER_STATE), lambda f, s=state: np.savez(f, **s), "film part")
+            k += 1
     finally:
-        out.close()
+        bar.close()
+    n = counted[0]
     if n == 0:
         raise _InputError(f"{path}: no frame could be decoded (an empty or damaged video)")
     if expected and n < expected:
         raise _InputError(f"{path}: truncated: {n} of its {expected} frames could be decoded")
-    stats.update(frames=n, cuts=filt.cuts, audio=aout is not None)
+    if k * chunk < n:  # cannot happen for one input (the manifest names it); guards against a changed file
+        raise _InputError(f"{path}: changed while it was colorized ({n} frames, {k} parts); run again")
+    return {"frames": n, "cuts": filt.cuts, "audio": ain is not None, "resumed_at": done * chunk, "parts": k}
+
+
+def _encode_segment(group, colour, pts_out, W, H, rate, time_base, f):
+    """Encode the frames of group [(index, pts, frame)] as one H.264 MP4 into the open file f, each
+    coloured by colour(index, frame); their pts appended to pts_out."""
+    out = av.open(f, "w", format="mp4")
+    try:
+        vout = out.add_stream("libx264", rate=rate)
+        vout.width, vout.height, vout.pix_fmt = W + W % 2, H + H % 2, "yuv420p"
+        vout.time_base = time_base
+        vout.codec_context.time_base = time_base
+        for i, pts, frame in group:
+            rgb = colour(i, frame)
+            if rgb.shape[:2] != (vout.height, vout.width):  # an odd size: one row or column repeated
+                rgb = np.pad(rgb, ((0, vout.height - rgb.shape[0]), (0, vout.width - rgb.shape[1]), (0, 0)), mode="edge")
+            new = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            new.pts, new.time_base = pts, time_base
+            out.mux(vout.encode(new.reformat(format="yuv420p")))
+            pts_out.append(pts)
+        out.mux(vout.encode(None))
+    finally:
+        out.close()
+
+
+def _part_packets(work, n_parts):
+    """The video packets of the parts in order, with the pts each frame had in the input (the MP4
+    muxer shifts a part's timestamps by its encoder delay)."""
+    for k in range(n_parts):
+        first = int(np.load(_part(work, k, "pts")).min())
+        with av.open(_part(work, k, "part")) as part:
+            packets = [p for p in part.demux(part.streams.video[0]) if p.size and p.pts is not None]
+            shift = first - min(p.pts for p in packets)
+            for p in packets:
+                p.pts, p.dts = p.pts + shift, p.dts + shift
+            yield from packets
+
+
+def _join_parts(path, work, n_parts, f):
+    """The parts in work joined into one MP4 in the open file f, without re-encoding, with the first
+    audio stream of the input at path copied; packets interleaved by time."""
+    out = av.open(f, "w", format="mp4")
+    try:
+        with av.open(_part(work, 0, "part")) as first, av.open(os.fspath(path)) as src:
+            template = first.streams.video[0]
+            vout = out.add_stream_from_template(template)
+            vout.time_base = template.time_base
+            ain = src.streams.audio[0] if src.streams.audio else None
+            aout = out.add_stream_from_template(ain) if ain is not None else None
+            audio = (p for p in src.demux(ain) if p.dts is not None) if ain is not None else ()
+            for p in heapq.merge(_part_packets(work, n_parts), audio, key=lambda p: p.dts * p.time_base):
+                p.stream = aout if p.stream.type == "audio" else vout
+                out.mux(p)
+    finally:
+        out.close()
 
 
 def _decoded(path, source, vin, ain):

@@ -16,9 +16,9 @@ from files import UserError  # noqa: E402
 W, H, N, FPS = 64, 48, 16, 24
 
 
-def make_clip(path, n=N, size=(W, H), audio=False, fps=FPS, format=None, pix_fmt="yuv420p"):
+def make_clip(path, n=N, size=(W, H), audio=False, fps=FPS, format=None, pix_fmt="yuv420p", cut_at=None):
     """n frames of a gray clip with a bright square moving across it (MP4, H.264), and a second of
-    a 440 Hz tone (AAC) when audio."""
+    a 440 Hz tone (AAC) when audio; from frame cut_at on, a light background (a scene cut)."""
     w, h = size
     with av.open(str(path), "w", format=format) as out:
         vs = out.add_stream("libx264", rate=fps)
@@ -27,7 +27,7 @@ def make_clip(path, n=N, size=(W, H), audio=False, fps=FPS, format=None, pix_fmt
             aud = out.add_stream("aac", rate=16000)
             aud.layout = "mono"
         for i in range(n):
-            img = np.full((h, w, 3), 60, np.uint8)
+            img = np.full((h, w, 3), 60 if cut_at is None or i < cut_at else 170, np.uint8)
             x = 4 + 2 * i
             img[10:26, x:x + 16] = 200
             out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
@@ -88,11 +88,22 @@ class Failing:
     def __init__(self, inner, at=5, error=RuntimeError):
         self.inner, self.at, self.n, self.error = inner, at, 0, error
 
-    def colorize(self, rgb):
+    def colorize(self, rgb, hints=None):
         self.n += 1
         if self.n == self.at:
             raise self.error("boom")
-        return self.inner.colorize(rgb)
+        return self.inner.colorize(rgb, hints=hints)
+
+
+class Counting:
+    """A colorizer that counts the frames it colorizes."""
+
+    def __init__(self, inner):
+        self.inner, self.n = inner, 0
+
+    def colorize(self, rgb, hints=None):
+        self.n += 1
+        return self.inner.colorize(rgb, hints=hints)
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
@@ -101,7 +112,47 @@ def test_no_partial_output_when_interrupted(tmp_path, colorizer, error):
     out_dir = tmp_path / "out"
     with pytest.raises(error):
         video.colorize_video(Failing(colorizer, error=error), clip, out_dir / "clip.mp4", progress=False)
-    assert os.listdir(out_dir) == []  # neither the output nor its temporary file
+    assert os.listdir(out_dir) == [".clip.mp4.parts"]  # neither the output nor its temporary file
+    assert os.listdir(out_dir / ".clip.mp4.parts") == ["manifest.json"]  # no part was finished
+
+
+def frames_and_pts(path):
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+        return [f.to_ndarray(format="rgb24") for f in frames], [f.pts for f in frames]
+
+
+def test_an_interrupted_film_resumes_from_the_last_finished_part(tmp_path, colorizer):
+    clip = make_clip(tmp_path / "clip.mp4", audio=True)
+    whole = video.colorize_video(colorizer, clip, tmp_path / "whole.mp4", progress=False, chunk_frames=4)
+    out = tmp_path / "out" / "clip.mp4"
+    with pytest.raises(RuntimeError):  # frame 11 of 16 fails: parts 0 and 1 (frames 0..7) are finished
+        video.colorize_video(Failing(colorizer, at=11), clip, out, progress=False, chunk_frames=4)
+    assert not out.exists()
+    assert sorted(os.listdir(video.parts_folder(out))) == ["filter.npz", "manifest.json", "part_000000.mp4",
+                                                           "part_000001.mp4", "pts_000000.npy", "pts_000001.npy"]
+    counting = Counting(colorizer)
+    stats = video.colorize_video(counting, clip, out, progress=False, chunk_frames=4)
+    assert counting.n == N - 8 and stats["resumed_at"] == 8
+    assert stats["frames"] == whole["frames"] == N and stats["audio"]
+    assert os.listdir(out.parent) == ["clip.mp4"]  # the work folder is gone
+    got, want = frames_and_pts(out), frames_and_pts(tmp_path / "whole.mp4")
+    assert got[1] == want[1] == frames_and_pts(clip)[1]  # every frame at the input's timestamp
+    diff = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(got[0], want[0])])
+    assert diff < 1.5, diff  # as the whole run (x264 here is not bit-exact from run to run, so not equal)
+    assert probe(out) == {"frames": N, "size": (W, H), "fps": FPS, "audio": True}
+    with av.open(str(out)) as a, av.open(clip) as b:
+        assert a.duration == pytest.approx(b.duration, abs=0.05 * 1e6)
+
+
+def test_other_settings_start_over(tmp_path, colorizer):
+    clip = make_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "clip_out.mp4"
+    with pytest.raises(RuntimeError):
+        video.colorize_video(Failing(colorizer, at=11), clip, out, progress=False, chunk_frames=4)
+    counting = Counting(colorizer)
+    stats = video.colorize_video(counting, clip, out, strength=0.5, progress=False, chunk_frames=4)
+    assert counting.n == N and stats["resumed_at"] == 0 and probe(out)["frames"] == N
 
 
 def test_previous_output_survives_a_failed_run(tmp_path, colorizer):
@@ -220,6 +271,21 @@ def test_a_cut_resets_the_filter():
     assert not np.array_equal(filt(bright, red), red)  # within the shot, the past still counts
 
 
+def test_filter_state_round_trips_through_npz(tmp_path):
+    rng = np.random.default_rng(2)
+    Ls = [np.full((8, 8), 50, np.float32) + rng.normal(0, 1, (8, 8)).astype(np.float32) for _ in range(10)]
+    abs_ = [rng.normal(0, 10, (8, 8, 2)).astype(np.float32) for _ in range(10)]
+    whole, first = video.TemporalFilter(0.8), video.TemporalFilter(0.8)
+    want = [whole(L, ab) for L, ab in zip(Ls, abs_)]
+    for L, ab in zip(Ls[:5], abs_[:5]):
+        first(L, ab)
+    np.savez(tmp_path / "state.npz", **first.state())
+    second = video.TemporalFilter(0.8)
+    with np.load(tmp_path / "state.npz") as state:
+        second.restore(state)
+    assert all(np.array_equal(second(L, ab), w) for L, ab, w in zip(Ls[5:], abs_[5:], want[5:]))
+
+
 def test_cdc_and_flicker_of_identical_frames_are_zero():
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
@@ -237,3 +303,66 @@ def test_infer_on_the_command_line(tmp_path, weights):
     assert r.returncode == 0, r.stderr
     assert "colorized 1 of 1" in r.stdout
     assert probe(tmp_path / "out" / "reel.mp4")["frames"] == 6
+
+
+class Recording:
+    """A colorizer that takes hints and records the hints it is given for each frame."""
+    takes_hints = True
+
+    def __init__(self, inner):
+        self.inner, self.hints = inner, []
+
+    def colorize(self, rgb, hints=None):
+        self.hints.append(hints)
+        return self.inner.colorize(rgb)
+
+
+def test_a_hint_holds_for_the_rest_of_its_shot(tmp_path, colorizer):
+    import json
+    clip = make_clip(tmp_path / "reel.mp4", cut_at=8)
+    red, blue = {"frame": 2, "x": 10, "y": 12, "color": "#c02020"}, {"frame": 10, "x": 30, "y": 20, "color": "#2040c0"}
+    (tmp_path / "reel.hints.json").write_text(json.dumps({"hints": [blue, red]}))
+    recording = Recording(colorizer)
+    assert colorize_files(recording, [clip], str(tmp_path / "out")) == 0
+    A, B = [(10, 12, "#c02020")], [(30, 20, "#2040c0")]
+    assert recording.hints == [None] * 2 + [A] * 6 + [None] * 2 + [B] * 6  # the cut at frame 8 ends the red hint
+    assert probe(tmp_path / "out" / "reel.mp4")["frames"] == N
+
+
+def test_a_bad_clip_hints_file_is_one_line(tmp_path, colorizer, capsys):
+    clip = make_clip(tmp_path / "reel.mp4", n=4)
+    (tmp_path / "reel.hints.json").write_text('{"hints": [{"x": 1, "y": 2, "color": "#ffffff"}]}')
+    assert colorize_files(Recording(colorizer), [clip], str(tmp_path / "out")) == 1
+    assert "reel.hints.json: hint 1: expected an object with frame, x, y and color" in capsys.readouterr().err
+    (tmp_path / "reel.hints.json").write_text('{"hints": [{"frame": 1, "x": 500, "y": 2, "color": "#ffffff"}]}')
+    from conftest import tiny_checkpoint
+    hinted = Colorizer.load(tiny_checkpoint(tmp_path / "hinted.pt", HINT_INPUT=True), device="cpu", render_size=32)
+    assert colorize_files(hinted, [clip], str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {clip}: " in err and "reel.hints.json: frame 1: " in err and "unexpected" not in err, err
+    (tmp_path / "reel.hints.json").write_text('{"hints": [{"frame": 1, "x": 50, "y": 2, "color": "#ff0000"}]}')
+    assert colorize_files(hinted, [clip], str(tmp_path / "out")) == 0  # a real hint-taking model follows it
+
+
+def test_temporal_constant_and_eval_video_on_the_command_line(tmp_path, weights):
+    import json
+
+    import colorize_base as cb
+    from conftest import photo, run_cli
+    assert cb.TEMPORAL == video.TEMPORAL
+    r = run_cli("--infer", make_clip(tmp_path / "reel.mp4", n=4), "--temporal", "1", "--weights", weights)
+    assert r.returncode == 2 and "--temporal must be in [0, 1), got 1.0" in r.stderr
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in (1, 2, 10):  # frame_10 comes last, not second
+        Image.fromarray(photo(24, 16, seed=0)).save(frames / f"frame_{i}.png")
+    r = run_cli("--eval", frames, "--video", "--temporal", "0.5", "--weights", weights, "--device", "cpu",
+                "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["frames"] == 3 and summary["temporal"] == 0.5
+    assert summary["truth"]["flicker"] == 0 and summary["truth"]["cdc"] == 0  # the same frame three times
+    assert {"psnr", "ciede2000", "colorfulness", "cdc", "flicker"} <= summary["ours"].keys() == summary["alone"].keys()
+    assert "flicker" in r.stdout
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["frame_1.png", "frame_2.png", "frame_10.png"]
