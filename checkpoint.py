@@ -56,7 +56,7 @@ def load_checkpoint(path):
 
 # What a constant that a file lacks meant: the value it had before it existed, so an old file keeps
 # meaning what it meant when its default has changed since. A constant added later goes here.
-ABSENT_MEANS = {"ENCODER": "unet", "HINT_INPUT": False, "EXPOSURE": 0.0, "MOSAIC": 0.0, "LAMBDA_PERC": 0.0,
+ABSENT_MEANS = {"ENCODER": "unet", "HINT_INPUT": False, "HINT_DECODER": False, "EXPOSURE": 0.0, "MOSAIC": 0.0, "LAMBDA_PERC": 0.0,
                 "LAMBDA_CF": 0.0, "FREEZE_STEPS": 0, "NOGAN_STEPS": 0}
 
 

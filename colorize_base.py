@@ -89,6 +89,7 @@ NDF = 32                            # discriminator width of the first layer, ch
 N_LAYERS_D = 3                      # strided layers per PatchGAN (3: 70x70 patches)
 NUM_D = 3                           # discriminators, one per image scale (pix2pixHD)
 HINT_INPUT = False                  # the generator also takes colour hints (Zhang et al. 2017); --init from an automatic model adds them
+HINT_DECODER = True                 # with a pretrained ENCODER, hints also enter each decoder level (their mean colour per cell)
 HINT_SHARE = 0.5                    # training with hints: share of images given any (the rest learn the automatic task)
 HINT_GEOM_P = 0.125                 # training with hints: their number is geometric, 1, 2, ... with mean 1/p (Zhang et al.: 1/8)
 HINT_PATCH = 9                      # training with hints: each is a square of 1..HINT_PATCH px holding its mean true colour
@@ -117,7 +118,8 @@ DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or c
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
 HERE = os.path.dirname(os.path.abspath(__file__))
 G_ARCH_KEYS = ("ENCODER", "NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT")  # what --init carries over
-ARCH_KEYS = G_ARCH_KEYS + ("HINT_INPUT", "NDF", "N_LAYERS_D", "NUM_D")
+HINT_KEYS = ("HINT_INPUT", "HINT_DECODER")  # --init may add hint inputs to a model, never take them away
+ARCH_KEYS = G_ARCH_KEYS + HINT_KEYS + ("NDF", "N_LAYERS_D", "NUM_D")
 PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "INIT", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
 
@@ -286,7 +288,7 @@ def build_state(cfg, device):
     netG = build_generator(cfg).to(device, memory_format=memory_format(cfg))
     netD = build_discriminator(cfg).to(device, memory_format=memory_format(cfg))
     netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
-    hint = list(netG.hint_in.parameters()) if netG.hint_in is not None else []
+    hint = models.hint_parameters(netG)
     encoder = list(netG.encoder.parameters()) if hasattr(netG, "encoder") else []
     special = {id(p) for p in hint + encoder}
     groups = [{"params": [p for p in netG.parameters() if id(p) not in special]}]
@@ -309,7 +311,7 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
     init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
     if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes; HINT_INPUT
         source = file_constants(ckpt or init, CONSTANTS)  # may add hints to an automatic model, never take them away
-        cfg = {**cfg, **{k: source[k] for k in G_ARCH_KEYS}, "HINT_INPUT": cfg["HINT_INPUT"] or source["HINT_INPUT"]}
+        cfg = {**cfg, **{k: source[k] for k in G_ARCH_KEYS}, **{k: cfg[k] or source[k] for k in HINT_KEYS}}
         check_config(cfg)
     state = build_state(cfg, device)
     if not ckpt:

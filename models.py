@@ -260,6 +260,14 @@ def load_imagenet(encoder, state):
     encoder.load_state_dict(ours)
 
 
+def pooled_hints(hints, stride):
+    """Hints (B, 3, H, W: ab, mask) at 1/stride of their resolution: each cell's mean hinted ab, and 1
+    where the cell holds any hint. A hint keeps its colour however small it is against the cell."""
+    ab, mask = hints[:, :2], hints[:, 2:]
+    area = F.avg_pool2d(mask, stride)
+    return torch.cat([F.avg_pool2d(ab * mask, stride) / area.clamp(min=stride ** -2), (area > 0).to(hints.dtype)], 1)
+
+
 class PretrainedUnetGenerator(nn.Module):
     """The U-Net with an ImageNet-pretrained EfficientNet-Lite encoder (as DeOldify's on ResNet):
     L (B, 1, H, W) in [-1, 1] -> ab (B, 2, H, W) in [-1, 1], H and W multiples of 32.
@@ -268,16 +276,22 @@ class PretrainedUnetGenerator(nn.Module):
     at each level nearest-neighbour upsampling, concatenation with the skip, a 3x3 convolution with
     spectral norm, batch norm and ReLU; SAGAN self-attention after the levels in attn_factors;
     widths 8, 4, 2, 1 x ngf. At full resolution L itself is the last skip. Hints (hint_channels=3)
-    enter through hint_in, zero at first, added to the stem's output as in UnetGenerator."""
+    enter through hint_in, zero at first, added to the stem's output as in UnetGenerator. With
+    hint_decoder they also enter each decoder level, before its attention (hint_dec, zero at first):
+    the encoder learns slowly from its ImageNet start, the decoder at full rate, and attention
+    can carry a hinted colour to the rest of the thing it belongs to."""
 
-    def __init__(self, encoder="efficientnet_lite0", ngf=32, attn_factors=(8,), use_sn=True, hint_channels=0):
+    def __init__(self, encoder="efficientnet_lite0", ngf=32, attn_factors=(8,), use_sn=True, hint_channels=0,
+                 hint_decoder=False):
         super().__init__()
         self.encoder, self.hint_channels, self.encoder_frozen = EfficientNetLite(encoder), hint_channels, False
         skips = self.encoder.skip_channels                    # at strides 2, 4, 8, 16, 32
         self.hint_in = SamePadConv(hint_channels, 32, 3, 2) if hint_channels else None
-        if self.hint_in is not None:
-            nn.init.zeros_(self.hint_in.weight)
         widths = [ngf * 8, ngf * 4, ngf * 2, ngf]             # decoder outputs at strides 16, 8, 4, 2
+        self.hint_dec = nn.ModuleList(nn.Conv2d(hint_channels, w, 3, 1, 1, bias=False) for w in widths) \
+            if hint_channels and hint_decoder else None
+        for conv in ([self.hint_in] if hint_channels else []) + list(self.hint_dec or []):
+            nn.init.zeros_(conv.weight)
         self.bottleneck = nn.Sequential(_sn(nn.Conv2d(skips[-1], widths[0], 1, bias=False), use_sn),
                                         nn.BatchNorm2d(widths[0]), nn.ReLU(True))  # (B, 8ngf, H/32, W/32)
         self.up, self.attn, c = nn.ModuleList(), nn.ModuleDict(), widths[0]
@@ -316,6 +330,8 @@ class PretrainedUnetGenerator(nn.Module):
         for j, block in enumerate(self.up):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = block(torch.cat([h, skips.pop()], dim=1))   # (B, widths[j], H/2^(4-j), W/2^(4-j))
+            if self.hint_dec is not None and hints is not None:
+                h = h + self.hint_dec[j](pooled_hints(hints.to(h.dtype), 2 ** (4 - j)))
             if str(j) in self.attn:
                 h = self.attn[str(j)](h)
         h = F.interpolate(h, scale_factor=2, mode="nearest")
@@ -384,18 +400,28 @@ def build_generator(cfg):
     hint_channels = HINT_CHANNELS if cfg.get("HINT_INPUT", False) else 0
     if cfg.get("ENCODER", "unet") != "unet":
         return PretrainedUnetGenerator(cfg["ENCODER"], cfg["NGF"], tuple(cfg["ATTN_FACTORS"]), cfg["SPECTRAL_NORM"],
-                                       hint_channels)
+                                       hint_channels, uses_hint_decoder(cfg))
     return UnetGenerator(ngf=cfg["NGF"], n_downs=cfg["N_DOWNS"], attn_factors=tuple(cfg["ATTN_FACTORS"]),
                          use_sn=cfg["SPECTRAL_NORM"], dropout=cfg["DROPOUT"], hint_channels=hint_channels)
 
 
+def uses_hint_decoder(cfg):
+    """Whether cfg's generator has hint_dec: HINT_DECODER counts only for a hint-taking generator with
+    a pretrained ENCODER (the seed's U-Net takes hints at its first layer alone)."""
+    return bool(cfg.get("HINT_INPUT", False) and cfg.get("HINT_DECODER", False) and cfg.get("ENCODER", "unet") != "unet")
+
+
+def hint_parameters(netG):
+    """The parameters of netG's hint branches (empty for an automatic generator)."""
+    return [p for name, p in netG.named_parameters() if name.startswith(("hint_in.", "hint_dec."))]
+
+
 def with_hint_input(state, netG):
-    """An automatic generator's state dict made to fit netG, which also takes hints: its hint branch
-    starts at zero, so the widened network computes exactly what the automatic one did until
-    fine-tuning teaches it to use hints."""
-    if netG.hint_in is None or "hint_in.weight" in state:
-        return state
-    return {**state, "hint_in.weight": torch.zeros_like(netG.hint_in.weight)}
+    """A generator's state dict made to fit netG, which takes hints in more places than it did (an
+    automatic model, or hints at the stem only): the new hint branches start at zero, so the widened
+    network computes exactly what the old one did until fine-tuning teaches it to use them."""
+    return {**{name: torch.zeros_like(p) for name, p in netG.state_dict().items()
+               if name.startswith(("hint_in.", "hint_dec."))}, **state}
 
 
 def build_discriminator(cfg):

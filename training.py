@@ -10,7 +10,7 @@ from data import simulate_hints, to_net_input
 from files import UserError
 from images import lab_to_rgb, net_to_lab
 from losses import EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss, l1_loss
-from models import imagenet_weights, load_imagenet, memory_format
+from models import imagenet_weights, load_imagenet, memory_format, uses_hint_decoder
 from runtime import any_rank
 
 
@@ -181,7 +181,10 @@ def resume(state, ckpt, path, cfg, rank, device, log, defaults, arch_keys):
     """Load a run's checkpoint (read from path) into state, refusing one trained with another network:
     one whose constants (file_constants, with defaults) differ from cfg in any of arch_keys."""
     before = file_constants(ckpt, defaults)
-    changed = [f"{k}={before[k]!r} (now {cfg[k]!r})" for k in arch_keys if before[k] != cfg[k]]
+
+    def network(c, k):  # HINT_DECODER matters only where the generator has decoder hints
+        return uses_hint_decoder(c) if k == "HINT_DECODER" else c[k]
+    changed = [f"{k}={before[k]!r} (now {cfg[k]!r})" for k in arch_keys if network(before, k) != network(cfg, k)]
     if changed:
         raise UserError(f"{path} was trained with a different network: {', '.join(changed)}; "
                         f"use the same constants, another --run-dir, or --fresh")
@@ -202,8 +205,7 @@ def start_generator(state, cfg, init, log):
     if init:
         check_finite(init["netG_ema"], cfg["INIT"], "generator")
         state.init_generator(init["netG_ema"], cfg["INIT"])
-        added = " (with new zero-weight hint inputs)" if cfg["HINT_INPUT"] and not \
-            file_constants(init, cfg)["HINT_INPUT"] else ""
+        added = " (with new zero-weight hint inputs)" if set(state.netG.state_dict()) - set(init["netG_ema"]) else ""
         log(f"fine-tuning from {cfg['INIT']} (its step {init['step']}): generator and EMA from it{added}, "
             f"discriminators and optimizers new")
     elif cfg["ENCODER"] != "unet":

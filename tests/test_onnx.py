@@ -65,6 +65,25 @@ def test_an_automatic_model_exports_without_the_hints_input(tmp_path):
         by_onnx.colorize(photo(30, 17), hints=[(1, 1, "#ff0000")])
 
 
+def test_a_pretrained_encoder_with_decoder_hints_exports_and_computes_what_torch_does(tmp_path):
+    import colorize_base as cb
+    cfg = {**cb.CONSTANTS, "ENCODER": "efficientnet_lite0", "NGF": 8, "ATTN_FACTORS": (4,), "HINT_INPUT": True,
+           "HINT_DECODER": True}
+    torch.manual_seed(0)
+    netG = build_generator(cfg)
+    state = {k: v.normal_(0, 0.05) if "hint" in k else v for k, v in netG.state_dict().items()}
+    pt, path = str(tmp_path / "lite.pt"), str(tmp_path / "lite.onnx")
+    save_checkpoint({"format_version": FORMAT_VERSION, "cfg": cfg, "step": 3, "netG_ema": state}, pt)
+    export_onnx(pt, path, half=False)
+    netG, cfg = load_generator(pt, torch.device("cpu"))
+    L = np.random.default_rng(0).uniform(-1, 1, (1, 1, 64, 96)).astype(np.float32)
+    hints = np.zeros((1, 3, 64, 96), np.float32)
+    hints[:, :, 20:23, 40:43] = np.array([0.3, -0.2, 1.0], np.float32)[:, None, None]
+    want = TorchNetwork(netG, cfg, torch.device("cpu"))(L, hints)
+    assert np.abs(want - TorchNetwork(netG, cfg, torch.device("cpu"))(L, None)).max() > 1e-3  # the hints matter
+    assert np.abs(OnnxNetwork(path)(L, hints) - want).max() < 1e-4
+
+
 def test_the_graph_passes_the_checker_and_holds_the_colorizer_metadata(models):
     _, half, full = models
     for path in (half, full):

@@ -28,6 +28,18 @@ def read_log(run_dir):
         return list(csv.DictReader(f))
 
 
+def test_a_run_from_before_hint_decoder_resumes_where_the_constant_changes_nothing(tmp_path, capsys):
+    cfg = photos_and_cfg(tmp_path, 2)
+    cfg = {**cfg, "HINT_INPUT": True}  # the seed's U-Net: hints enter at its first layer only
+    cb.train(cfg)
+    path = os.path.join(cfg["RUN_DIR"], "checkpoint.pt")
+    ckpt = load_checkpoint(path)
+    del ckpt["cfg"]["HINT_DECODER"]  # as a checkpoint written before the constant existed
+    save_checkpoint(ckpt, path)
+    assert cb.train({**cfg, "MAX_STEPS": 3}) == 3
+    assert "resumed from" in capsys.readouterr().out
+
+
 def test_train_writes_checkpoint_samples_and_log(tmp_path):
     cfg = photos_and_cfg(tmp_path, 4)
     assert cb.train(cfg) == 4
