@@ -47,7 +47,8 @@ def parse_color(color):
         m = re.fullmatch(r"#([0-9a-fA-F]{6})", color.strip())
         if m:
             return tuple(int(m.group(1)[i:i + 2], 16) / 255 for i in (0, 2, 4))
-        m = re.fullmatch(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(,\s*[\d.]+\s*)?\)", color.strip())
+        number = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*"  # what float() reads, no exponent: 0..255 never needs one
+        m = re.fullmatch(rf"rgba?\({number},{number},{number}(,{number})?\)", color.strip())
         if m and all(float(v) <= 255 for v in m.groups()[:3]):
             return tuple(float(v) / 255 for v in m.groups()[:3])
     elif (isinstance(color, (tuple, list)) and len(color) == 3

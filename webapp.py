@@ -5,13 +5,18 @@ its own size; click the photo to give a colour hint there (models trained with H
 the PNG, or a zip of all. Built with Gradio (requirements-ui.txt); the model is loaded once.
 """
 import errno
+import json
+import math
+import numbers
 import os
 import re
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
+import traceback
 import zipfile
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page works offline
@@ -208,8 +213,9 @@ def build_app(colorizer, root=None):
 
     def render(session, i, render_size, saturation):
         p = session.photos[i]
+        render_size, saturation = page_settings(render_size, saturation)
         t = time.perf_counter()
-        p["colour"] = colorizer.colorize(p["path"], render_size=int(render_size), saturation=float(saturation),
+        p["colour"] = colorizer.colorize(p["path"], render_size=render_size, saturation=saturation,
                                          hints=p["hints"] or None)
         save_fast(p["colour"], session.output_path(i))
         p["seconds"] = time.perf_counter() - t
@@ -258,15 +264,19 @@ def build_app(colorizer, root=None):
         return view(session, "\n\n".join(problems))
 
     def choose(session, choice):
-        if session and choice:
-            session.current = int(choice.split(".", 1)[0]) - 1
+        i = int(choice.split(".", 1)[0]) - 1 if isinstance(choice, str) and choice.split(".", 1)[0].isdecimal() else -1
+        if session and 0 <= i < len(session.photos):
+            session.current = i
         return view(session)
 
     def rerender_all(session, render_size, saturation):
         if not (session and session.photos):
             return view(session)
-        for i in range(len(session.photos)):
-            render(session, i, render_size, saturation)
+        try:
+            for i in range(len(session.photos)):
+                render(session, i, render_size, saturation)
+        except UserError as e:
+            return view(session, f"**Not applied:** {e}")
         return view(session)
 
     def change_hints(session, render_size, saturation, edit):
@@ -286,11 +296,15 @@ def build_app(colorizer, root=None):
         return view(session)
 
     def click(session, colour, render_size, saturation, evt: gr.SelectData):
-        x, y = (int(v) for v in evt.index)
+        index = evt.index if isinstance(evt.index, (list, tuple)) and len(evt.index) == 2 else ()
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in index) \
+                or not index:
+            return view(session, "**Hint not applied:** click on the colorized photo to give a colour there.")
+        x, y = (int(v) for v in index)
         return change_hints(session, render_size, saturation, lambda p: p["hints"] + [(x, y, hex_color(parse_color(colour)))])
 
     def remove(session, ticked, render_size, saturation):
-        drop = {int(t.split(":", 1)[0]) - 1 for t in ticked or []}
+        drop = {int(t.split(":", 1)[0]) - 1 for t in ticked or [] if t.split(":", 1)[0].isdecimal()}
         return change_hints(session, render_size, saturation,
                             lambda p: [h for k, h in enumerate(p["hints"]) if k not in drop])
 
@@ -298,7 +312,9 @@ def build_app(colorizer, root=None):
         return change_hints(session, render_size, saturation, lambda p: [])
 
     def load_hints(session, file, render_size, saturation):
-        path = file if isinstance(file, str) else file.name
+        path = file if isinstance(file, str) else getattr(file, "name", None)
+        if not path:
+            return view(session, "**Hints not applied:** choose a hints file (.json) to load.")
         if session:
             session.cached.add(path)  # the uploaded JSON: forgotten with the photos
         return change_hints(session, render_size, saturation,
@@ -363,6 +379,85 @@ def build_app(colorizer, root=None):
     return app
 
 
+def page_settings(render_size, saturation):
+    """The page's render size and saturation as the colorizer takes them; UserError naming the one
+    that is not a finite number in its slider's range (a request need not come from the sliders)."""
+    def number(value, name, lo, hi):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value <= hi:
+            raise UserError(f"{name} must be a number in {lo}..{hi}, got {str(value)[:40]!r}")
+        return value
+    return round(number(render_size, "render size", *RENDER_SIZES)), float(number(saturation, "saturation", 0, 2))
+
+
+class KnownEventsOnly:
+    """ASGI middleware: a request for an event the page does not have (fn_index) is answered 404 in one
+    line, where Gradio looks it up unguarded (KeyError: HTTP 500 and a traceback on the console); a
+    request body over MAX_REQUEST bytes is answered 413 (the page's own requests are under a kilobyte:
+    photos and hints files go through Gradio's upload route)."""
+    MAX_REQUEST = 1 << 20
+    ROUTES = ("/queue/join", "/run/predict", "/api/predict")
+
+    def __init__(self, app, events):
+        self.app, self.events = app, events
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(self.ROUTES):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more and len(body) <= self.MAX_REQUEST:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        if len(body) > self.MAX_REQUEST:
+            return await self.refuse(send, 413, f"request over {self.MAX_REQUEST} bytes")
+        try:
+            fn = json.loads(body).get("fn_index")
+        except (ValueError, AttributeError, RecursionError):  # not a JSON object: Gradio's validation answers 422
+            fn = None
+        if fn is not None and (type(fn) is not int or fn not in self.events):
+            return await self.refuse(send, 404, f"no event {str(fn)[:40]!r} on this page")
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def refuse(send, status, why):
+        print(f"page: refused a request: {why}", file=sys.stderr, flush=True)
+        body = json.dumps({"detail": why}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class OneLineTracebacks:
+    """Stands in for the traceback module inside Gradio's request handling, which prints a whole
+    traceback for each request it refuses (a slider value out of range, a choice the page did not
+    offer, a file that was not uploaded, a malformed event): the console gets one line per refused
+    request instead, naming the error."""
+
+    def __getattr__(self, name):
+        return getattr(traceback, name)
+
+    @staticmethod
+    def print_exc(*args, **kwargs):
+        e = sys.exc_info()[1]
+        text = display_name(" ".join(str(e).split()))
+        print(f"page: refused a request: {type(e).__name__}: {text[:200]}", file=sys.stderr, flush=True)
+
+
+def quiet_gradio():
+    """One line per refused request on the console (OneLineTracebacks), in Gradio's modules that print them."""
+    from gradio import queueing, route_utils, routes, utils
+    for module in (queueing, route_utils, routes, utils):
+        if getattr(module, "traceback", None) is traceback:
+            module.traceback = OneLineTracebacks()
+
+
 def save_fast(img, path):
     """Write a PNG with light compression (a 1024 px photo in a tenth of the default's time) and
     return its path: the page shows these files as they are, never re-encoded."""
@@ -382,12 +477,14 @@ def serve(colorizer, host="127.0.0.1", port=7860):
         with sigterm_as_interrupt():
             try:
                 import gradio as gr
+                from starlette.middleware import Middleware
             except ImportError:
                 raise UserError("--serve needs the web page's requirements: pip install -r requirements-ui.txt") from None
             if host not in ("127.0.0.1", "localhost"):
                 print(f"warning: serving on {host}: anyone who can reach this machine can use the page and see the "
                       f"photos uploaded to it")
             app = build_app(colorizer, root)
+            quiet_gradio()
             theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
             print(f"model {colorizer.weights} on {colorizer.device}; hints {'on' if colorizer.takes_hints else 'off'}")
             print(f"serving the page at http://{host}:{port} (Ctrl-C stops it)", flush=True)
@@ -396,7 +493,8 @@ def serve(colorizer, host="127.0.0.1", port=7860):
                 # Our own wait, not Gradio's: its Ctrl-C handler keeps the heartbeats going while the server
                 # closes, which then waits 5 s for them; close() stops them first
                 app.launch(server_name=host, server_port=port, theme=theme, show_error=True, footer_links=[],
-                           quiet=True, prevent_thread_lock=True)
+                           quiet=True, prevent_thread_lock=True,
+                           app_kwargs={"middleware": [Middleware(KnownEventsOnly, events=frozenset(app.fns))]})
                 while app.is_running:
                     time.sleep(0.2)
             finally:
