@@ -3,6 +3,7 @@
     python colorize_base.py --train [--data DIR] [--steps N] ...   train (resumes in RUN_DIR)
     python colorize_base.py --infer img.jpg folder/ "scans/*.tif"   colorize into OUT_DIR
     python colorize_base.py --eval photos/ [--eval-size 256]        quality metrics into EVAL_DIR
+    python colorize_base.py --infer frames/ --video                 a folder of numbered frames as one film, frames.mp4
     python colorize_base.py --eval frames/ --video                  one clip's colour frames, scored in time too
     python colorize_base.py --export small.pt --weights run/checkpoint.pt
     python colorize_base.py --serve                                  a local web page, http://127.0.0.1:7860
@@ -27,6 +28,7 @@ from contextlib import nullcontext
 from tqdm import tqdm
 
 import backends
+import video
 from colorizer import Colorizer, colorize_files  # noqa: F401 (Colorizer: the Python API)
 from files import UserError, describe_os_error, display_name, remove_stale_temporaries, sigterm_as_interrupt
 
@@ -105,6 +107,7 @@ RENDER_SIZE = 256                   # inference: longer side, pixels, at which t
 BACKEND = "auto"                    # inference engine: torch, onnx (onnxruntime: an .onnx WEIGHTS, or the .onnx beside a .pt) or auto
 SATURATION = 1.55                   # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
 TEMPORAL = 0.8                      # film: share of a still pixel's past colour (Lab ab) kept each frame, in [0, 1); 0 = every frame alone
+FRAME_RATE = 25.0                   # film from a folder of frames (--infer FOLDER --video): frames per second written
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
 MAX_PIXELS = 100_000_000            # refuse images with more pixels than this (decompression-bomb guard)
 NUM_WORKERS = 2                     # data-loading processes; 0 loads in the main process
@@ -175,10 +178,11 @@ def build_parser():
     p.add_argument("--port", type=int, default=7860, help="with --serve: the port (default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on (default 127.0.0.1, "
                                                        "this machine only; 0.0.0.0 opens it to the network)")
-    p.add_argument("--video", action="store_true", help="with --eval: DIR is one clip, its colour frames in the order of "
-                                                        "their names (frame_2 before frame_10); scored per frame and in "
-                                                        "time (CDC, flicker), through the temporal filter (TEMPORAL) and "
-                                                        "each frame alone")
+    p.add_argument("--video", action="store_true", help="a folder of numbered frames is one clip, in the order of their "
+                                                        "names (frame_2 before frame_10): with --infer written as "
+                                                        "<folder>.mp4 at FRAME_RATE; with --eval its colour frames scored "
+                                                        "per frame and in time (CDC, flicker), through the temporal "
+                                                        "filter (TEMPORAL) and each frame alone")
     p.add_argument("--fresh", action="store_true", help="with --train: start over, ignoring a checkpoint in RUN_DIR")
     p.add_argument("--hints", metavar="FILE|N", help="with --infer: a JSON file of colour hints for the one photo "
                                                      "(see the README); with --eval: reveal N true colours per photo "
@@ -240,6 +244,7 @@ def check_config(cfg):
         need(cfg[name] >= 0, name, "0 or more")
     for name in ("LR_G", "LR_D"):
         need(cfg[name] > 0, name, "a positive learning rate")
+    need(0 < cfg["FRAME_RATE"] <= 1000, "FRAME_RATE", "frames per second in (0, 1000]")
     for name in ("BETA1", "BETA2", "EMA_DECAY", "DROPOUT", "TEMPORAL"):
         need(0 <= cfg[name] < 1, name, "in [0, 1)")
     for name in ("SOURCE_BALANCE", "MOSAIC", "HINT_SHARE", "HINT_COLOUR_BIAS"):
@@ -457,8 +462,9 @@ def main(argv=None):
             raise UserError(f"{'--train' if args.train else '--export' if args.export else '--eval'} needs PyTorch, "
                             f"which is not installed (pip install -r requirements.txt); without it, --infer and "
                             f"--serve colorize with ONNX models on onnxruntime")
-        if args.video and (not args.eval or n_hints):
-            raise UserError("--video is for --eval (without --hints): a folder of one clip's colour frames")
+        if args.video and not (args.infer or args.eval) or args.video and (n_hints or args.hints):
+            raise UserError("--video is for --infer or --eval (without --hints: a clip's hints are FOLDER.hints.json "
+                            "beside it): folders of one clip's frames")
         threads = backends.set_threads(cfg)
         if args.train:
             train(cfg, fresh=args.fresh)
@@ -475,6 +481,9 @@ def main(argv=None):
             serve(colorizer, args.host, args.port)
             return 0
         with sigterm_as_interrupt():
+            if args.infer and args.video:
+                return 1 if video.colorize_frame_folders(colorizer, args.infer, cfg["OUT_DIR"], cfg["TEMPORAL"],
+                                                         cfg["FRAME_RATE"]) else 0
             if args.infer:
                 return 1 if colorize_files(colorizer, args.infer, cfg["OUT_DIR"], args.debug, args.hints,
                                                 cfg["TEMPORAL"]) else 0

@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 import zlib
 
@@ -225,11 +224,6 @@ def write_csv(rows, path):
 VIDEO_METRICS = ("psnr", "ciede2000", "colorfulness")
 
 
-def _natural_key(path):
-    """frame_2.png before frame_10.png: numbers in the name compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
-
-
 def evaluate_video(colorizer, data_dir, out_dir, strength, debug=False):
     """Score the colorizer on one clip with a colour truth: the colour frames in data_dir, in the order
     of their names (numbers compared as numbers). Their gray versions go, in that order, through the
@@ -244,7 +238,7 @@ def evaluate_video(colorizer, data_dir, out_dir, strength, debug=False):
         raise UserError(f"--eval {data_dir} --video: cannot read the folder {display_name(unreadable[0][0])}")
     if len(files) < 2:
         raise UserError(f"--eval {data_dir} --video: a clip needs at least 2 frames, got {len(files)}")
-    files = sorted(files, key=_natural_key)
+    files = sorted(files, key=video.natural_key)
     make_output_dir(out_dir)
     filt = video.TemporalFilter(strength)
     rows, clips = [], {"ours": [], "alone": [], "truth": []}

@@ -9,20 +9,25 @@ and the frames encoded as H.264 with the audio stream copied.
 PyAV is optional (pip install -r requirements-video.txt): without it this module still imports,
 and colorize_video says how to install it. The metrics at the end (flicker, cdc) are numpy only.
 """
+import contextlib
 import functools
 import hashlib
 import heapq
 import itertools
 import json
 import os
+import re
 import shutil
+import sys
+import time
+from fractions import Fraction
 
 import numpy as np
 from tqdm import tqdm
 
 from files import UserError, atomic_write, check_writable_target, display_name, fit_name, make_folders, same_file
-from hints import HintError, _parse_json, _read_small_file, parse_color
-from images import lab_to_rgb, rgb_to_L, rgb_to_lab, walk_files
+from hints import SIDECAR_SUFFIX, HintError, _parse_json, _read_small_file, parse_color
+from images import IMG_EXTENSIONS, BadImageError, lab_to_rgb, load_image, rgb_to_L, rgb_to_lab, walk_files
 
 try:
     import av
@@ -33,9 +38,14 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")  # --infer takes thes
 TEMPORAL = 0.8        # default strength of the temporal filter of ab, 0..1 (0: every frame alone)
 L_TOLERANCE = 3.0     # Lab L change (of the 5x5-averaged L) at which a pixel's memory of past colour falls to 1/e
 CUT_THRESHOLD = 0.3   # a scene cut: L histograms (64 bins) of consecutive frames differ by more than this (total variation, 0..1)
+MAX_PIXELS = 100_000_000  # a frame of a folder of frames is refused above this (the photos' guard)
+FRAME_RATE = 25      # a folder of frames as one clip: frames per second of the film written
 CHUNK_FRAMES = 64     # frames per resumable part: an interrupted film continues from the last finished part
 PARTS_SUFFIX = ".parts"  # the work folder beside an output, .<name>.parts/, holds its finished parts
 FILTER_STATE = "filter.npz"  # in the work folder: the temporal filter's state after the last finished part
+LONG_FILM_PROBE = 3  # frames timed before a film's expected time is said ...
+LONG_FILM_S = 600     # ... when it is more than this many seconds
+COLOUR_LEVELS = 3.0   # a frame is colour when its RGB channels differ from their mean by more than this (of 255), on average
 STILL_L = 2.0         # flicker counts the pixels whose L changes by less than this between frames
 INSTALL = "pip install -r requirements-video.txt"
 
@@ -200,11 +210,13 @@ def _part(work, k, kind):
 
 
 def colorize_video(colorizer, path, out_path, strength=TEMPORAL, inputs=(), progress=True, hints_path=None,
-                   chunk_frames=CHUNK_FRAMES):
+                   chunk_frames=CHUNK_FRAMES, frame_rate=FRAME_RATE):
     """Colorize the video at path into out_path (H.264, yuv420p, MP4): same size (an odd width or height
     gets one repeated column or row: yuv420p needs even sizes), frame rate and time base, the first
-    audio stream copied. Frames are decoded, colorized (Colorizer.colorize), filtered (TemporalFilter)
-    and encoded one at a time, so memory does not grow with the clip.
+    audio stream copied. path may also be a folder of numbered frames (photo files, in the order of their
+    names, frame_2 before frame_10), one clip at frame_rate frames per second. Frames are decoded,
+    colorized (Colorizer.colorize), filtered (TemporalFilter) and encoded one at a time, so memory does
+    not grow with the clip.
 
     Resumable: every chunk_frames frames are one small MP4 part in parts_folder(out_path), written all
     or nothing, then the temporal filter's state at its end (FILTER_STATE), under a manifest naming the input (size,
@@ -226,27 +238,152 @@ def colorize_video(colorizer, path, out_path, strength=TEMPORAL, inputs=(), prog
     if hints and not getattr(colorizer, "takes_hints", True):
         raise UserError(f"{hints_path}: {getattr(colorizer, 'weights', 'this model')} takes no colour hints "
                         f"(trained without HINT_INPUT)")
-    source, vin = _open_input(path)
+    source = FrameFolder(path, frame_rate, getattr(colorizer, "max_pixels", MAX_PIXELS)) if os.path.isdir(path) \
+        else VideoFile(path)
     try:
         make_folders(os.path.dirname(os.path.abspath(out_path)))
         work = parts_folder(out_path)
-        st = os.stat(path)
-        manifest = {"input": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": vin.frames,
-                    "strength": float(strength), "chunk_frames": chunk_frames, "l_tolerance": L_TOLERANCE,
+        manifest = {"input": os.path.abspath(path), **source.identity(), "strength": float(strength),
+                    "chunk_frames": chunk_frames, "l_tolerance": L_TOLERANCE,
                     "cut_threshold": CUT_THRESHOLD, "weights": str(getattr(colorizer, "weights", None)),
                     "render_size": getattr(colorizer, "render_size", None),
                     "saturation": getattr(colorizer, "saturation", None), "hints": hints_digest,
                     "weights_mtime_ns": _mtime_ns(getattr(colorizer, "weights", None))}
         try:
-            stats = _encode_parts(colorizer, path, source, vin, work, manifest, hints, hints_path, progress)
+            stats = _encode_parts(colorizer, source, work, manifest, hints, hints_path, progress)
         except _InputError:  # a bad input: nothing to resume
             shutil.rmtree(work, ignore_errors=True)
             raise
-        atomic_write(out_path, lambda f: _join_parts(path, work, stats.pop("parts"), f), "output")
+        audio = path if stats["audio"] else None
+        atomic_write(out_path, lambda f: _join_parts(audio, work, stats.pop("parts"), f), "output")
         shutil.rmtree(work, ignore_errors=True)
         return stats
     finally:
         source.close()
+
+
+def colorize_frame_folders(colorizer, folders, out_dir, strength=TEMPORAL, frame_rate=FRAME_RATE):
+    """--infer FOLDER... --video: each folder of numbered frames is one clip, written as out_dir/<folder
+    name>.mp4 at frame_rate (colorize_video), with the hints of <folder>.hints.json beside it when there
+    is one. A folder that fails is reported by name and the others still run. Returns the number failed."""
+    failed, n_ok = [], 0
+    make_folders(out_dir)
+    for folder in folders:
+        clip = os.path.normpath(folder)
+        try:
+            if not os.path.isdir(clip):
+                raise UserError(f"{folder}: not a folder (--video takes folders of frames; a video file needs no --video)")
+            sidecar = clip + SIDECAR_SUFFIX
+            colorize_video(colorizer, clip, os.path.join(out_dir, fit_name(os.path.basename(os.path.abspath(clip)), ".mp4")),
+                           strength, inputs=folders, hints_path=sidecar if os.path.lexists(sidecar) else None,
+                           frame_rate=frame_rate)
+            n_ok += 1
+        except UserError as e:
+            failed.append(str(e))
+    print(f"colorized {n_ok} of {len(folders)} folders of frames into {display_name(out_dir)}")
+    if failed:
+        print(f"{len(failed)} failed:", file=sys.stderr)
+    for why in failed:
+        print(f"failed: {display_name(why)}", file=sys.stderr)
+    return len(failed)
+
+
+class VideoFile:
+    """A video file as colorize_video reads it: frame size, rate and time base, frame count (0 when the
+    container does not say), whether it has audio, and its frames in order."""
+
+    def __init__(self, path):
+        self.path = path
+        self.container, self.stream = _open_input(path)
+        self.width, self.height = self.stream.codec_context.width, self.stream.codec_context.height
+        if not self.width or not self.height:
+            self.close()
+            raise _InputError(f"{path}: the video stream has no frame size")
+        self.rate = self.stream.average_rate or self.stream.guessed_rate or 25
+        self.time_base, self.frame_count = self.stream.time_base, self.stream.frames
+        self.has_audio = bool(self.container.streams.audio)
+
+    def identity(self):
+        st = os.stat(self.path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": self.frame_count}
+
+    def frames(self):
+        """(pts, frame) in order; rgb(frame) is its (H, W, 3) uint8 picture (decoded only when asked)."""
+        next_pts = 0
+        for frame in _decoded(self.path, self.container, self.stream, None):
+            pts = frame.pts if frame.pts is not None else next_pts
+            next_pts = pts + 1
+            yield pts, frame
+
+    @staticmethod
+    def rgb(frame):
+        return frame.to_ndarray(format="rgb24")
+
+    def close(self):
+        self.container.close()
+
+
+class FrameFolder:
+    """A folder of numbered frames (photo files directly in it, in the order of their names, numbers
+    compared as numbers) as one clip at rate frames per second, read like a VideoFile. Every frame
+    must be readable and of the first one's size."""
+    CLOCK = 90000  # ticks per second of its time base (MPEG's clock): any rate's frame times fit it
+
+    def __init__(self, folder, rate, max_pixels=MAX_PIXELS):
+        self.path, self.max_pixels, self.has_audio = folder, max_pixels, False
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate <= 1000):
+            raise UserError(f"--frame-rate must be a number of frames per second in (0, 1000], got {rate!r}")
+        try:
+            names = [n for n in os.listdir(folder) if n.lower().endswith(tuple(IMG_EXTENSIONS))
+                     and os.path.isfile(os.path.join(folder, n))]
+        except OSError as e:
+            raise _InputError(f"{folder}: cannot read this folder of frames ({_reason(e)})") from None
+        self.files = [os.path.join(folder, n) for n in sorted(names, key=natural_key)]
+        if not self.files:
+            raise _InputError(f"{folder}: no frames in this folder (photo files: {', '.join(sorted(IMG_EXTENSIONS))})")
+        self.frame_count = len(self.files)
+        self.rate = Fraction(rate).limit_denominator(1001)
+        self.time_base = Fraction(1, self.CLOCK)
+        self.height, self.width = self.rgb(self.files[0]).shape[:2]
+
+    def identity(self):
+        listing = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in self.files]
+        return {"frames": self.frame_count, "rate": str(self.rate),
+                "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+
+    def frames(self):
+        for i, f in enumerate(self.files):
+            yield round(i * self.CLOCK / self.rate), f
+
+    def rgb(self, path):
+        try:
+            image, _ = load_image(path, self.max_pixels)
+        except BadImageError as e:
+            raise _InputError(f"{e}; a clip needs every frame") from None
+        rgb = np.round(image[..., :3] * 255).astype(np.uint8)
+        if hasattr(self, "width") and rgb.shape[:2] != (self.height, self.width):
+            raise _InputError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, unlike the {self.width}x{self.height} "
+                              f"frames before it")
+        return rgb
+
+    def close(self):
+        pass
+
+
+def natural_key(path):
+    """frame_2.png before frame_10.png: numbers in the name compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def is_colour(rgb):
+    """Whether an 8-bit (H, W, 3) frame holds colour: its channels differ by more than compression
+    noise (a gray film through a colour codec differs by a level or two)."""
+    return float(np.abs(rgb.astype(np.int16) - rgb.mean(axis=2, keepdims=True)).mean()) > COLOUR_LEVELS
+
+
+def _duration(seconds):
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m} min" if h else f"{m} min"
 
 
 def _start_work_folder(work, manifest):
@@ -283,14 +420,11 @@ def _mtime_ns(path):
         return None
 
 
-def _encode_parts(colorizer, path, source, vin, work, manifest, hints, hints_path, progress):
-    ain = source.streams.audio[0] if source.streams.audio else None
-    W, H = vin.codec_context.width, vin.codec_context.height
-    if not W or not H:
-        raise _InputError(f"{path}: the video stream has no frame size")
+def _encode_parts(colorizer, source, work, manifest, hints, hints_path, progress):
+    path, W, H = source.path, source.width, source.height
     chunk = manifest["chunk_frames"]
     done = _start_work_folder(work, manifest)
-    filt, shot_start, expected = TemporalFilter(manifest["strength"]), 0, vin.frames
+    filt, shot_start, expected = TemporalFilter(manifest["strength"]), 0, source.frame_count
     if done:
         with np.load(os.path.join(work, FILTER_STATE)) as state:
             filt.restore(state)
@@ -300,19 +434,28 @@ def _encode_parts(colorizer, path, source, vin, work, manifest, hints, hints_pat
     counted = [0]
 
     def frames():  # (index, pts, frame) of every decoded frame from chunk `done` on
-        next_pts = 0
-        for frame in _decoded(path, source, vin, None):
-            pts = frame.pts if frame.pts is not None else next_pts
-            next_pts, i = pts + 1, counted[0]
+        for pts, frame in source.frames():
+            i = counted[0]
             counted[0] += 1
             if i >= done * chunk:
                 yield i, pts, frame
     bar = tqdm(total=expected or None, initial=min(done * chunk, expected or done * chunk), desc=os.path.basename(path)[:30],
                unit="frame", leave=False, dynamic_ncols=True, disable=not progress)
 
+    started = time.perf_counter()
+
     def colour(i, frame):
         nonlocal shot_start
-        rgb = frame.to_ndarray(format="rgb24")
+        rgb = source.rgb(frame)
+        if i == done * chunk and progress and is_colour(rgb):
+            tqdm.write(display_name(f"{path}: its frames are in colour already; they are colorized from their "
+                                    f"lightness, and their own colour is not kept"))
+        if i == done * chunk + LONG_FILM_PROBE and progress and expected:
+            each = (time.perf_counter() - started) / LONG_FILM_PROBE
+            if each * (expected - i) > LONG_FILM_S:
+                tqdm.write(display_name(f"{path}: {W}x{H}, {expected} frames at {each:.1f} s each here: about "
+                                        f"{_duration(each * (expected - i))} to go (stop it any time: run the same "
+                                        f"command again and it continues from the last finished part)"))
         L = rgb_to_L(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255)[0, 0]
         if filt.hist is not None and is_cut(filt.hist, l_histogram(L)):
             shot_start = i  # the filter sees the same cut
@@ -325,13 +468,13 @@ def _encode_parts(colorizer, path, source, vin, work, manifest, hints, hints_pat
         return compose(L, filt(L, ab))
 
     it, k = frames(), done
-    rate = vin.average_rate or vin.guessed_rate or 25
     try:
         for first in it:
             pts = []
             group = itertools.chain([first], itertools.islice(it, chunk - 1))
             atomic_write(_part(work, k, "part"),
-                         functools.partial(_encode_segment, group, colour, pts, W, H, rate, vin.time_base), "film part")
+                         functools.partial(_encode_segment, group, colour, pts, W, H, source.rate, source.time_base),
+                         "film part")
             atomic_write(_part(work, k, "pts"), lambda f, p=pts: np.save(f, np.int64(p)), "film part")
             state = {**filt.state(), "shot_start": np.int64(shot_start), "part": np.int64(k)}  # one file, overwritten
             atomic_write(os.path.join(work, FILTER_STATE), lambda f, s=state: np.savez(f, **s), "film part")
@@ -345,7 +488,7 @@ def _encode_parts(colorizer, path, source, vin, work, manifest, hints, hints_pat
         raise _InputError(f"{path}: truncated: {n} of its {expected} frames could be decoded")
     if k * chunk < n:  # cannot happen for one input (the manifest names it); guards against a changed file
         raise _InputError(f"{path}: changed while it was colorized ({n} frames, {k} parts); run again")
-    return {"frames": n, "cuts": filt.cuts, "audio": ain is not None, "resumed_at": done * chunk, "parts": k}
+    return {"frames": n, "cuts": filt.cuts, "audio": source.has_audio, "resumed_at": done * chunk, "parts": k}
 
 
 def _encode_segment(group, colour, pts_out, W, H, rate, time_base, f):
@@ -383,16 +526,17 @@ def _part_packets(work, n_parts):
             yield from packets
 
 
-def _join_parts(path, work, n_parts, f):
+def _join_parts(audio_path, work, n_parts, f):
     """The parts in work joined into one MP4 in the open file f, without re-encoding, with the first
-    audio stream of the input at path copied; packets interleaved by time."""
+    audio stream of the file at audio_path (None: no audio) copied; packets interleaved by time."""
     out = av.open(f, "w", format="mp4")
     try:
-        with av.open(_part(work, 0, "part")) as first, av.open(os.fspath(path)) as src:
+        with av.open(_part(work, 0, "part")) as first, \
+                (av.open(os.fspath(audio_path)) if audio_path else contextlib.nullcontext()) as src:
             template = first.streams.video[0]
             vout = out.add_stream_from_template(template)
             vout.time_base = template.time_base
-            ain = src.streams.audio[0] if src.streams.audio else None
+            ain = src.streams.audio[0] if src is not None and src.streams.audio else None
             aout = out.add_stream_from_template(ain) if ain is not None else None
             audio = (p for p in src.demux(ain) if p.dts is not None) if ain is not None else ()
             for p in heapq.merge(_part_packets(work, n_parts), audio, key=lambda p: p.dts * p.time_base):

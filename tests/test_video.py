@@ -366,3 +366,83 @@ def test_temporal_constant_and_eval_video_on_the_command_line(tmp_path, weights)
     assert "flicker" in r.stdout
     rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in rows] == ["frame_1.png", "frame_2.png", "frame_10.png"]
+
+
+def frame_folder(folder, n=6, size=(W, H)):
+    """n numbered gray frames (frame_1.png ... frame_n.png: frame_10 sorts after frame_9)."""
+    os.makedirs(folder, exist_ok=True)
+    for i in range(1, n + 1):
+        img = np.full((size[1], size[0]), 40 + 15 * i, np.uint8)
+        Image.fromarray(img).save(os.path.join(folder, f"frame_{i}.png"))
+    return str(folder)
+
+
+def test_a_folder_of_frames_is_one_film_in_the_order_of_their_numbers(tmp_path, weights):
+    from conftest import run_cli
+    frames = frame_folder(tmp_path / "reel", n=11)
+    r = run_cli("--infer", frames, "--video", "--frame-rate", "12.5", "--weights", weights, "--device", "cpu",
+                "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "colorized 1 of 1 folders of frames" in r.stdout
+    got = probe(tmp_path / "out" / "reel.mp4")
+    assert got["frames"] == 11 and got["size"] == (W, H) and got["fps"] == fractions.Fraction(25, 2)
+    rgb, _ = frames_and_pts(tmp_path / "out" / "reel.mp4")
+    assert np.all(np.diff([f.mean() for f in rgb]) > 0)  # frame_10, frame_11 last: brightest
+    assert sorted(os.listdir(tmp_path / "out")) == ["reel.mp4"]
+
+
+def test_a_bad_or_odd_sized_frame_fails_its_folder_by_name_and_the_next_folder_runs(tmp_path, weights):
+    from conftest import run_cli
+    bad, odd, good = (frame_folder(tmp_path / name, n=3) for name in ("bad", "odd", "good"))
+    with open(os.path.join(bad, "frame_2.png"), "wb") as f:
+        f.write(b"not a png")
+    Image.new("L", (W + 2, H)).save(os.path.join(odd, "frame_3.png"))
+    r = run_cli("--infer", bad, odd, tmp_path / "missing", good, "--video", "--weights", weights, "--device", "cpu",
+                "--out", tmp_path / "out")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    failed = [line for line in r.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 3 and "bad/frame_2.png" in failed[0] and "a clip needs every frame" in failed[0]
+    assert "odd/frame_3.png" in failed[1] and f"unlike the {W}x{H} frames" in failed[1]
+    assert "missing: not a folder" in failed[2]
+    assert sorted(os.listdir(tmp_path / "out")) == ["good.mp4"]  # no part or work folder left of the others
+
+
+def test_colour_frames_and_a_long_film_are_said_in_one_line_each(tmp_path, colorizer, capsys, monkeypatch):
+    clip = str(tmp_path / "colour.mp4")
+    with av.open(clip, "w") as out:
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        for i in range(6):
+            img = np.zeros((H, W, 3), np.uint8)
+            img[..., 0], img[..., 2] = 200, 40 + 10 * i
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(vs.encode(None))
+    monkeypatch.setattr(video, "LONG_FILM_S", 0)  # any film is long: the estimate is said after 3 frames
+    video.colorize_video(colorizer, clip, tmp_path / "out.mp4")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith(clip)]
+    assert len(said) == 2, said
+    assert "its frames are in colour already" in said[0]
+    assert f"{W}x{H}, 6 frames at" in said[1] and "to go" in said[1] and "continues from the last finished part" in said[1]
+    video.colorize_video(colorizer, make_clip(tmp_path / "gray.mp4", n=2), tmp_path / "gray_out.mp4")
+    assert "in colour already" not in capsys.readouterr().out  # a gray film through the codec is not colour
+
+
+def test_a_variable_frame_rate_keeps_each_frames_time(tmp_path, colorizer):
+    clip = str(tmp_path / "vfr.mp4")
+    steps = [40, 40, 120, 20, 20, 200, 40, 40]  # ms between frames
+    with av.open(clip, "w") as out:
+        vs = out.add_stream("libx264", rate=25, options={"bf": "0"})
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.time_base = vs.codec_context.time_base = fractions.Fraction(1, 1000)
+        t = 0
+        for i, step in enumerate(steps):
+            frame = av.VideoFrame.from_ndarray(np.full((H, W, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base, t = t, vs.time_base, t + step
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+    video.colorize_video(colorizer, clip, tmp_path / "out.mp4", progress=False, chunk_frames=3)
+
+    def times(path):
+        with av.open(str(path)) as c:
+            return [round(float(f.pts * f.time_base), 3) for f in c.decode(video=0)]
+    assert times(tmp_path / "out.mp4") == times(clip) == [0, 0.04, 0.08, 0.2, 0.22, 0.24, 0.44, 0.48]
