@@ -421,6 +421,72 @@ def format_engines(results, m):
 
 
 # -----------------------------------------------------------------------------
+# Film
+
+def synthetic_clip(path, w, h, frames, fps=25):
+    """A gray H.264 clip of frames frames: a ramp that drifts, with noise (film grain), and a cut every
+    10 s; encoded fast (x264 ultrafast) so that a 10-minute clip takes a minute or two to make."""
+    import av
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:h, 0:w]
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            shot = i // (10 * fps)
+            ramp = ((x + 3 * i) % w * 160 // w + 40 + 30 * (shot % 3)).astype(np.uint8)
+            gray = np.clip(ramp + rng.integers(-6, 7, (h, w)), 0, 255).astype(np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, 2), format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def bench_film(weights, w, h, frames, render_size, folder):
+    """--infer of a synthetic w x h clip of frames frames (colorize_video, the temporal filter on):
+    frames per second, and the resident memory (RSS) of the process, sampled every second, from
+    loading the model on: its peak, and its mean over the first and the last tenth of the run (equal
+    when memory does not grow with the film). Run isolated: the peak is this film's own."""
+    import threading
+
+    import video
+    clip, out = os.path.join(folder, f"clip_{w}x{h}_{frames}.mp4"), os.path.join(folder, f"out_{w}x{h}.mp4")
+    if not os.path.exists(clip):
+        synthetic_clip(clip, w, h, frames)
+    colorizer = Colorizer.load(weights, device="cpu", render_size=render_size, threads=torch.get_num_threads())
+    samples, done = [], threading.Event()
+
+    def sample():
+        while not done.wait(1.0):
+            samples.append(_rss_bytes())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    stats = video.colorize_video(colorizer, clip, out, progress=False)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    tenth = max(1, len(samples) // 10)
+    return {"film": f"{w}x{h}", "frames": stats["frames"], "render_px": render_size, "seconds": seconds,
+            "frames_per_s": stats["frames"] / seconds, "rss_peak_bytes": max(samples or [_rss_bytes()]),
+            "rss_first_tenth_bytes": statistics.mean(samples[:tenth] or [0]),
+            "rss_last_tenth_bytes": statistics.mean(samples[-tenth:] or [0])}
+
+
+def _rss_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def format_film(results, m):
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}); torch {m['torch']}",
+             "film: --infer of a synthetic gray clip (temporal filter on); frames/s, RSS GB (peak; first / last tenth)"]
+    for r in results:
+        lines.append(f"{r['film']:>9}, {r['frames']} frames at render {r['render_px']}: {r['frames_per_s']:.2f} frames/s "
+                     f"({r['seconds']:.0f} s); RSS {r['rss_peak_bytes'] / GB:.2f} GB (first tenth "
+                     f"{r['rss_first_tenth_bytes'] / GB:.2f}, last {r['rss_last_tenth_bytes'] / GB:.2f})")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
 # Report
 
 def format_report(report):
@@ -496,6 +562,8 @@ def build_parser():
                                                           "1024 px and 4096x3072")
     p.add_argument("--agree", nargs="+", metavar="PATH", help="instead of the full report: torch and onnxruntime "
                                                               "outputs compared pixel by pixel on these photos")
+    p.add_argument("--film", nargs="+", metavar="WxHxFRAMES", help="instead of the full report: --infer of synthetic "
+                   "gray clips, e.g. 432x320x250 1280x720x15000 (10 minutes at 25 fps): frames/s and RSS over the run")
     p.add_argument("--weights", default=cb.resolve_path(cb.CONSTANTS["WEIGHTS"]), help="with --engines and --agree: the model")
     p.add_argument("--mem-budget-gb", type=float, default=16.0, help="memory budget for the largest batch, GB")
     p.add_argument("--data", default=cb.CONSTANTS["DATA_DIR"],
@@ -563,6 +631,18 @@ def main(argv=None):
         print(f"{len(rows)} photos: at most {worst['share_over_1']:.2e} of channel values more than 1/255 apart "
               f"({worst['photo']}); largest difference {max(r['max'] for r in rows)}/255")
         write_json({"machine": machine_info(device), "agree": rows}, args.out)
+        return 0
+    if args.film:
+        try:
+            films = [tuple(int(v) for v in spec.lower().split("x")) for spec in args.film]
+            assert all(len(f) == 3 and min(f) > 0 for f in films)
+        except (ValueError, AssertionError):
+            print(f"error: --film takes WxHxFRAMES, e.g. 432x320x250, got {' '.join(args.film)}", file=sys.stderr)
+            return 2
+        with tempfile.TemporaryDirectory() as folder:
+            results = [run_isolated(bench_film, args.weights, w, h, n, args.render_size, folder) for w, h, n in films]
+        print(format_film(results, machine_info(device)))
+        write_json({"machine": machine_info(device), "film": results}, args.out)
         return 0
     if args.engines:
         results = compare_engines(args.weights, [(256, 256), (1024, 1024), (3072, 4096)], args.repeats, args.render_size)
