@@ -1,0 +1,236 @@
+"""A colour photo as a guide: "colour it like this photo" (exemplar-based colorization, by UniColor's
+route: Huang et al. 2022, "UniColor: A Unified Framework for Multi-Modal Colorization with Transformer").
+
+The reference becomes colour hints, the input a HINT_INPUT model already takes. Both photos are gray
+to the matcher: the generator's own encoder sees the luminance of the photo and of the reference,
+and each cell (MATCH_STRIDE render pixels square) of the photo is matched to the reference cell of
+most similar features (cosine similarity). A match is kept only when it is confident (similarity
+at least MIN_SIMILARITY), unambiguous (MIN_MARGIN over the best match outside the winner's 3x3
+neighbourhood) and mutually consistent (the reference cell's own best match lies within one cell
+of where it came from). A reference of which too few cells match (MIN_MATCHED_SHARE) gives no
+hints at all. Each kept match gives a hint at its photo cell with the reference cell's
+mean colour; the network takes its ab and keeps the photo's lightness. A reference that matches
+nothing gives few or no hints, so the photo stays close to the automatic result.
+
+augmented_truth makes the oracle reference of exemplar papers: the photo's own truth cropped,
+flipped and rescaled, so positions differ and colours are right.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from files import UserError, display_name
+from images import image_to_array, lab_to_net, lab_to_rgb, load_image, render_shape, render_to_photo, rgb_to_L, rgb_to_lab
+from models import PretrainedUnetGenerator, gray_from_L, imagenet_input
+
+MATCH_STRIDE = 8            # 8 or 16; render pixels per matched cell (the encoder level the features come from)
+# cosine similarity, -1..1, that a kept match reaches at least, by encoder: the two feature spaces differ
+# in scale (measured on photos/val: at these, a photo's own augmented truth keeps 200-400 of its
+# 1024 cells at 256 px, a photo of other things under 10)
+MIN_SIMILARITY = {"unet": 0.85, "efficientnet_lite": 0.65}
+MIN_MARGIN = 0.02           # cosine similarity by which the best match beats the best one outside its 3x3 neighbourhood
+MIN_MATCHED_SHARE = 0.012   # share of the photo's cells that must match, else no hints: chance matches are no evidence
+MAX_REFERENCE_HINTS = 48    # most hints one reference gives (training drew at most hints.MAX_TRAIN_HINTS = 50)
+MIN_CHROMA = 3.0            # Lab chroma; a reference whose mean chroma is below this has no colour to give
+MAX_PIXELS = 100_000_000    # as MAX_PIXELS in colorize_base.py: a larger reference is refused
+
+
+class BadReferenceError(UserError, ValueError):
+    """A reference photo that cannot guide a colorization; the message names it and says why."""
+
+
+def load_reference(reference, max_pixels=MAX_PIXELS):
+    """A reference given as a path, PIL image or (H, W, 3) / (H, W, 4) uint8 or float array -> (float RGB
+    (H, W, 3) in [0, 1], alpha (H, W) or None, the name its errors use). 16-bit, RGBA, palette, CMYK
+    files as images.load_image reads them. BadReferenceError naming it when it cannot be read or is
+    over max_pixels."""
+    if isinstance(reference, (str, os.PathLike)):
+        name = display_name(os.fspath(reference))
+        try:
+            rgb, alpha = load_image(os.fspath(reference), max_pixels, say_frames=False)
+        except ValueError as e:  # images.BadImageError: "PATH: reason"
+            raise BadReferenceError(f"reference photo {display_name(str(e))}") from None
+        return rgb, alpha, name
+    if isinstance(reference, Image.Image):
+        name, (W, H) = "reference photo (PIL image)", reference.size
+        if W * H > max_pixels:
+            raise BadReferenceError(f"{name}: {W}x{H} = {W * H} pixels is over the limit of {max_pixels}")
+        rgb, alpha = image_to_array(reference)
+        return rgb, alpha, name
+    name, arr = "reference photo (array)", np.asarray(reference)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or 0 in arr.shape or arr.dtype.kind not in "uf":
+        raise BadReferenceError(f"{name}: expected an (H, W, 3) or (H, W, 4) uint8 or float colour image, "
+                                f"got shape {arr.shape} and dtype {arr.dtype}")
+    H, W = arr.shape[:2]
+    if W * H > max_pixels:
+        raise BadReferenceError(f"{name}: {W}x{H} = {W * H} pixels is over the limit of {max_pixels}")
+    arr = arr.astype(np.float32) / (255 if arr.dtype == np.uint8 else 65535 if arr.dtype.kind == "u" else 1)
+    if not (np.isfinite(arr).all() and 0 <= arr.min() and arr.max() <= 1):
+        raise BadReferenceError(f"{name}: float pixels must be finite numbers in [0, 1]")
+    return arr[..., :3], (arr[..., 3] if arr.shape[2] == 4 else None), name
+
+
+def photo_L(rgb, render_size):
+    """A photo (H, W, 3) float in [0, 1] -> its L in network scaling at render size, (1, 1, h, w) float32:
+    what Colorizer.colorize gives the network (the luminance area-averaged, never enlarged)."""
+    H, W = rgb.shape[:2]
+    L = torch.from_numpy(lab_to_net(rgb_to_L(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]))[0])
+    return F.adaptive_avg_pool2d(L, render_shape(H, W, render_size)).clamp(-1, 1).numpy()
+
+
+def encoder_features(netG, L, stride=MATCH_STRIDE):
+    """The generator's encoder features of a luminance L (1, 1, h, w) in [-1, 1] -> (ceil(h/stride) *
+    ceil(w/stride), C) unit vectors, one per stride x stride cell, rows first. Each is the level at
+    stride beside the two coarser levels (its context), each normalised, so all count alike: the
+    context is what tells a photo of other things from this one."""
+    h, w = L.shape[-2:]
+    x = netG.pad(L)
+    if isinstance(netG, PretrainedUnetGenerator):
+        levels = dict(zip((2, 4, 8, 16, 32), netG.encoder(imagenet_input(gray_from_L(x)))))
+    else:  # the seed's U-Net: its down blocks, as far as they are needed
+        levels = {}
+        for i, block in enumerate(netG.down):
+            x = block(x)
+            levels[2 ** (i + 1)] = x        # (1, C_i, H/2^(i+1), W/2^(i+1))
+            if 2 ** (i + 1) >= 4 * stride:
+                break
+    if stride not in levels:
+        raise ValueError(f"stride must be one of {sorted(levels)} for this generator, got {stride}")
+    size = levels[stride].shape[-2:]
+    feats = torch.cat([F.normalize(F.interpolate(levels[s], size=size, mode="nearest"), dim=1)
+                       for s in (stride, 2 * stride, 4 * stride) if s in levels], 1)[..., :-(-h // stride), :-(-w // stride)]   # (1, C, hc, wc)
+    return F.normalize(feats[0].flatten(1).T.float(), dim=1)              # (hc * wc, C)
+
+
+def cell_means(x, stride):
+    """(1, C, h, w) -> the mean of each stride x stride cell, (1, C, ceil(h/stride), ceil(w/stride));
+    a cell cut by the border averages the pixels it has."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (0, -w % stride, 0, -h % stride))
+    count = F.avg_pool2d(F.pad(torch.ones_like(x[:, :1]), (0, -w % stride, 0, -h % stride)), stride)
+    return F.avg_pool2d(padded, stride) / count
+
+
+def default_similarity(netG):
+    """MIN_SIMILARITY for netG's encoder."""
+    return MIN_SIMILARITY["efficientnet_lite" if isinstance(netG, PretrainedUnetGenerator) else "unet"]
+
+
+def match_cells(P, R, grid_P, grid_R, min_similarity=0.0, min_margin=MIN_MARGIN, usable=None):
+    """Matches of photo cells to reference cells, from unit features P (Np, C) and R (Nr, C) of cells
+    on grids grid_P and grid_R, (rows, cols) each -> (kept photo cells, their reference cells, their
+    similarities), tensors of cell indices (rows first) and similarities. usable: a (Nr,) bool mask of
+    the reference cells that may be matched."""
+    S = P @ R.T                                                   # (Np, Nr) cosine similarities
+    if usable is not None:
+        S = S.masked_fill(~usable[None], -2.0)
+    sim, best = S.max(1)
+    hr, wr = grid_R
+    rows, cols = best // wr, best % wr
+    # the best match outside the winner's 3x3 neighbourhood: flat or repeated texture is ambiguous
+    near = torch.zeros_like(S, dtype=torch.bool)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            r, c = rows + dr, cols + dc
+            ok = (r >= 0) & (r < hr) & (c >= 0) & (c < wr)
+            near[ok.nonzero()[:, 0], (r * wr + c)[ok]] = True
+    second = S.masked_fill(near, -2.0).max(1).values if S.shape[1] > 9 else torch.full_like(sim, -2.0)
+    # cycle consistency: the photo cell the reference cell likes best is this one or a neighbour
+    back = S.argmax(0)[best]                                      # (Np,) photo cell index
+    p = torch.arange(len(P), device=P.device)
+    wp = grid_P[1]
+    consistent = ((back // wp - p // wp).abs() <= 1) & ((back % wp - p % wp).abs() <= 1)
+    keep = (sim >= min_similarity) & (sim - second >= min_margin) & consistent
+    if usable is not None:
+        keep &= usable[best]
+    return p[keep], best[keep], sim[keep]
+
+
+def spread(cells, scores, grid, max_hints):
+    """Of the photo cells (tensor of indices into grid = (rows, cols)), the most confident in each block
+    of about (rows * cols / max_hints) cells, then the max_hints most confident of those: hints spread
+    over the photo instead of piling onto its most distinctive part. Returns positions into cells."""
+    hc, wc = grid
+    side = max(1, int(np.sqrt(hc * wc / max_hints)))
+    block = (cells // wc // side) * (-(-wc // side)) + (cells % wc) // side
+    order = torch.argsort(scores, descending=True)
+    chosen, seen = [], set()
+    for i in order.tolist():
+        b = int(block[i])
+        if b not in seen:
+            seen.add(b)
+            chosen.append(i)
+    return chosen[:max_hints]
+
+
+@torch.inference_mode()
+def reference_hints(netG, L_photo, reference, photo_size=None, max_hints=MAX_REFERENCE_HINTS, stride=MATCH_STRIDE,
+                    min_similarity=None, min_margin=MIN_MARGIN, max_pixels=MAX_PIXELS):
+    """Colour hints [(x, y, (r, g, b)), ...] (r, g, b in 0..255) that a reference colour photo gives a photo.
+
+    netG: a loaded generator (checkpoint.load_generator); its encoder does the matching.
+    L_photo: the photo's L at render size, (1, 1, h, w) array or tensor in [-1, 1] (photo_L; in
+    Colorizer.colorize the `small` it gives the network). photo_size: (W, H) of the photo the hints
+    are for; None: the hints are in L_photo's own pixels.
+    reference: a path, PIL image or array (load_reference), of any size: it is seen at the photo's
+    render scale (its longer side that of L_photo, never enlarged). Its alpha, if any, keeps
+    transparent cells out of the matching. min_similarity None: MIN_SIMILARITY for netG's encoder.
+    BadReferenceError naming the reference when it cannot be read, is over max_pixels, has no colour
+    or is smaller than one matched cell."""
+    rgb, alpha, name = load_reference(reference, max_pixels)
+    device = next(netG.parameters()).device
+    L_photo = torch.as_tensor(L_photo, dtype=torch.float32, device=device)
+    h, w = L_photo.shape[-2:]
+    W, H = photo_size or (w, h)
+    hr, wr = render_shape(*rgb.shape[:2], max(h, w))
+    if min(hr, wr) < stride:
+        raise BadReferenceError(f"{name}: {rgb.shape[1]}x{rgb.shape[0]} is too small to match (seen at "
+                                f"{wr}x{hr}, it needs at least {stride} pixels a side)")
+    ref = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device)
+    ref = F.adaptive_avg_pool2d(ref, (hr, wr))                               # (1, 3, hr, wr)
+    opaque = torch.ones_like(ref[:, :1]) if alpha is None else \
+        F.adaptive_avg_pool2d(torch.from_numpy(alpha)[None, None].to(device), (hr, wr))
+    lab = rgb_to_lab(ref)                                                    # (1, 3, hr, wr)
+    chroma = torch.hypot(lab[:, 1], lab[:, 2])[opaque[:, 0] >= 0.5]
+    if chroma.numel() == 0:
+        raise BadReferenceError(f"{name}: it is transparent all over, so it has no colour to give")
+    if float(chroma.mean()) < MIN_CHROMA:
+        raise BadReferenceError(f"{name}: it is already gray (mean Lab chroma {float(chroma.mean()):.1f}, "
+                                f"under {MIN_CHROMA}), so it has no colour to give; use a colour photo")
+
+    P = encoder_features(netG, L_photo, stride)
+    R = encoder_features(netG, lab[:, :1] / 50 - 1, stride)
+    grid_P, grid_R = (-(-h // stride), -(-w // stride)), (-(-hr // stride), -(-wr // stride))
+    usable = (cell_means(opaque, stride) >= 0.5).flatten()
+    if min_similarity is None:
+        min_similarity = default_similarity(netG)
+    cells, matched, sim = match_cells(P, R, grid_P, grid_R, min_similarity, min_margin, usable)
+    if len(cells) == 0 or len(cells) < MIN_MATCHED_SHARE * len(P) or max_hints <= 0:
+        return []
+    colours = lab_to_rgb(cell_means(lab, stride).flatten(2)[0].T[matched].T[None, :, :, None])[0, :, :, 0].T  # (n, 3)
+    hints = []
+    for i in spread(cells, sim, grid_P, max_hints):
+        r, c = divmod(int(cells[i]), grid_P[1])
+        r, c = min(r * stride + stride // 2, h - 1), min(c * stride + stride // 2, w - 1)  # the cell's centre
+        x, y = render_to_photo(r, c, W, H, w, h)
+        hints.append((x, y, tuple(round(255 * float(v), 2) for v in colours[i])))
+    return hints
+
+
+def augmented_truth(rgb, rng, keep=(0.6, 0.9), scale=(0.75, 1.25)):
+    """The oracle reference of exemplar papers: a photo (H, W, 3) float in [0, 1] cropped to a random
+    keep share of each side, flipped left to right half the time and rescaled by a random factor in
+    scale (rng: a numpy Generator). Positions differ from the photo's; colours are its own."""
+    H, W = rgb.shape[:2]
+    h, w = max(1, round(H * rng.uniform(*keep))), max(1, round(W * rng.uniform(*keep)))
+    y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+    crop = rgb[y:y + h, x:x + w]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    s = rng.uniform(*scale)
+    img = Image.fromarray(np.round(np.clip(crop, 0, 1) * 255).astype(np.uint8))
+    img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+    return np.asarray(img, np.float32) / 255

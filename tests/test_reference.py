@@ -1,0 +1,160 @@
+"""A reference colour photo as colour hints (reference.py): matches land where the content is, colours
+come from the reference, a reference that matches nothing gives few hints, bad references are one
+line naming them, and the augmented truth as reference beats the automatic result."""
+import glob
+import os
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from checkpoint import load_generator
+from colorizer import BUNDLED_WEIGHTS, Colorizer
+from conftest import REPO, photo, tiny_checkpoint, write_png16
+from evaluate import center_square
+from images import gray_version, load_image, rgb_to_lab
+from metrics import psnr
+from reference import (BadReferenceError, augmented_truth, cell_means, default_similarity, encoder_features, match_cells,
+                       photo_L, reference_hints)
+
+VAL = os.path.join(REPO, "..", "shared", "datasets", "photos", "val")
+needs_val = pytest.mark.skipif(not os.path.isdir(VAL), reason="needs ../shared/datasets/photos/val")
+
+
+def val_photos(n, size):
+    """n colour photos of photos/val from different folders, as size px centre squares."""
+    folders = sorted(glob.glob(os.path.join(VAL, "*")))[:n]
+    return [center_square(load_image(sorted(glob.glob(os.path.join(f, "*")))[0])[0], size) for f in folders]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_generator(BUNDLED_WEIGHTS, torch.device("cpu"))[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tiny_checkpoint(tmp_path_factory.mktemp("ref") / "tiny.pt", HINT_INPUT=True)
+    return load_generator(path, torch.device("cpu"))[0]
+
+
+@needs_val
+def test_a_flipped_copy_matches_at_the_mirrored_positions(bundled):
+    # a symmetric subject (a face) also matches at the unmirrored place, where the colour is as right;
+    # chance would put 1% of the matches within a cell of the mirrored one
+    shares = []
+    for truth in val_photos(4, 256):
+        L = torch.from_numpy(photo_L(gray_version(truth), 256))
+        L_ref = torch.from_numpy(photo_L(truth[:, ::-1].copy(), 256))
+        P, R = encoder_features(bundled, L), encoder_features(bundled, L_ref)
+        cells, matched, _ = match_cells(P, R, (32, 32), (32, 32), default_similarity(bundled))
+        assert len(cells) >= 50                              # of 1024 cells
+        mirrored = (cells // 32) * 32 + 31 - cells % 32
+        near = ((matched // 32 - mirrored // 32).abs() <= 1) & ((matched % 32 - mirrored % 32).abs() <= 1)
+        shares.append(near.float().mean().item())
+    assert min(shares) > 0.25 and np.mean(shares) > 0.55, shares
+
+
+@needs_val
+def test_hints_of_the_flipped_truth_carry_the_truths_colours_and_unrelated_references_give_few(bundled):
+    truth = val_photos(1, 128)[0]
+    L = photo_L(gray_version(truth), 128)
+    hints = reference_hints(bundled, L, truth[:, ::-1].copy(), max_hints=30)
+    assert len(hints) >= 10
+    lab = rgb_to_lab(truth.transpose(2, 0, 1)[None])[0]
+    hints_ab = rgb_to_lab(np.float32([c for _, _, c in hints]).T[None, :, :, None] / 255)[0, 1:, :, 0].T
+    errors = [np.hypot(*(ab - lab[1:, y, x])) for (x, y, _), ab in zip(hints, hints_ab)]
+    assert np.median(errors) < 6                             # Lab units: the truth's colour where the hint is
+    rng = np.random.default_rng(0)
+    noise = rng.random((128, 128, 3)).astype(np.float32)
+    flat = np.broadcast_to(np.float32([0.8, 0.2, 0.1]), (90, 120, 3)).copy()
+    for unrelated in (noise, flat):
+        assert len(reference_hints(bundled, L, unrelated, max_hints=30)) <= 3
+
+
+def test_hint_colours_are_means_of_reference_cells_at_photo_coordinates(tiny):
+    ref = photo(48, 40, seed=3).astype(np.float32) / 255
+    L = photo_L(gray_version(ref[:, ::-1].copy()), 64)       # the photo is the gray mirror of the reference
+    hints = reference_hints(tiny, L, ref, photo_size=(480, 400), min_similarity=-1, min_margin=-1)
+    assert hints
+    lab = rgb_to_lab(torch.from_numpy(ref.transpose(2, 0, 1).copy())[None])
+    cells_ab = cell_means(lab, 8)[0, 1:].flatten(1).T.numpy()                  # each reference cell's mean ab
+    hints_ab = rgb_to_lab(np.float32([c for _, _, c in hints]).T[None, :, :, None] / 255)[0, 1:, :, 0].T
+    for (x, y, _), ab in zip(hints, hints_ab):
+        assert 0 <= x < 480 and 0 <= y < 400
+        assert np.abs(cells_ab - ab).max(1).min() < 0.5      # what the network takes of a hint: a cell's ab
+
+
+@pytest.mark.parametrize("constants", [{}, {"ENCODER": "efficientnet_lite0"}], ids=["unet", "lite0"])
+def test_both_kinds_of_generator_match_and_max_hints_caps(tmp_path, constants):
+    netG = load_generator(tiny_checkpoint(tmp_path / "g.pt", HINT_INPUT=True, **constants), torch.device("cpu"))[0]
+    ref = photo(64, 64, seed=1).astype(np.float32) / 255
+    hints = reference_hints(netG, photo_L(ref, 64), ref, min_similarity=-1, min_margin=-1, max_hints=5)
+    assert 1 <= len(hints) <= 5
+    assert reference_hints(netG, photo_L(ref, 64), ref, max_hints=0) == []
+
+
+def test_references_of_any_size_rgba_and_16_bit(tiny, tmp_path):
+    L = photo_L(photo(40, 32, seed=2).astype(np.float32) / 255, 64)
+    write_png16(tmp_path / "rgb16.png", photo(36, 30, 13).astype(np.uint16) * 257)
+    rgba = Image.fromarray(photo(300, 200, 4)).convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 255))
+    rgba.save(tmp_path / "big_rgba.png")
+    for ref in (tmp_path / "rgb16.png", tmp_path / "big_rgba.png", str(tmp_path / "big_rgba.png"), rgba,
+                photo(80, 300, 5)):
+        assert isinstance(reference_hints(tiny, L, ref, min_similarity=-1, min_margin=-1), list)
+    clear = rgba.copy()
+    clear.putalpha(Image.new("L", rgba.size, 0))             # all transparent: nothing to match, nothing to give
+    with pytest.raises(BadReferenceError, match="transparent"):
+        reference_hints(tiny, L, clear)
+
+
+def test_bad_references_are_one_line_naming_them(tiny, tmp_path):
+    L = photo_L(photo(40, 32, seed=2).astype(np.float32) / 255, 64)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    Image.fromarray(np.full((20, 30), 128, np.uint8)).convert("RGB").save(tmp_path / "gray.png")
+    Image.fromarray(photo(1, 1, 0)).save(tmp_path / "dot.png")
+    Image.fromarray(photo(30, 30, 0)).save(tmp_path / "big.png")
+    for name, why, kw in (("notes.jpg", "not an image", {}), ("gray.png", "already gray", {}),
+                          ("dot.png", "too small", {}), ("big.png", "over the limit", {"max_pixels": 800}),
+                          ("missing.png", "does not exist", {})):
+        with pytest.raises(BadReferenceError) as e:
+            reference_hints(tiny, L, str(tmp_path / name), **kw)
+        message = str(e.value)
+        assert name in message and why in message and "\n" not in message
+        assert isinstance(e.value, ValueError)
+    for bad in (np.zeros((4, 4)), np.full((8, 8, 3), 2.0, np.float32)):
+        with pytest.raises(BadReferenceError, match="reference photo"):
+            reference_hints(tiny, L, bad)
+
+
+def test_augmented_truth_crops_flips_and_rescales_keeping_colours():
+    rgb = np.zeros((100, 200, 3), np.float32)
+    rgb[:, :100] = (1, 0, 0)                                 # red left half, blue right half
+    rgb[:, 100:] = (0, 0, 1)
+    sizes, flipped = set(), 0
+    for seed in range(20):
+        out = augmented_truth(rgb, np.random.default_rng(seed))
+        h, w = out.shape[:2]
+        assert 0.6 * 0.75 * 100 - 1 <= h <= 0.9 * 1.25 * 100 + 1 and 0.6 * 0.75 * 200 - 1 <= w <= 0.9 * 1.25 * 200 + 1
+        assert np.abs(out[:, :, 1]).max() < 0.1              # no green anywhere: the colours are the photo's
+        flipped += out[:, 0, 2].mean() > out[:, 0, 0].mean()  # blue on the left
+        sizes.add((h, w))
+    assert 3 <= flipped <= 17 and len(sizes) > 10
+    assert np.array_equal(augmented_truth(rgb, np.random.default_rng(1)), augmented_truth(rgb, np.random.default_rng(1)))
+
+
+@needs_val
+def test_hints_of_the_augmented_truth_beat_the_automatic_result():
+    colorizer = Colorizer.load(BUNDLED_WEIGHTS, device="cpu", render_size=256)
+    gains = []
+    for truth in val_photos(4, 256):
+        gray = gray_version(truth)
+        ref = augmented_truth(truth, np.random.default_rng(zlib.crc32(truth.tobytes()[:64])))
+        hints = reference_hints(colorizer.network.netG, photo_L(gray, 256), ref, photo_size=(256, 256))
+        auto = np.asarray(colorizer.colorize(gray), np.float32) / 255
+        guided = np.asarray(colorizer.colorize(gray, hints=hints), np.float32) / 255
+        gains.append(psnr(guided, truth) - psnr(auto, truth))
+    assert min(gains) > 0 and np.mean(gains) > 1.5, gains
