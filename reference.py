@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from files import UserError, display_name
-from images import image_to_array, lab_to_net, lab_to_rgb, load_image, render_shape, render_to_photo, rgb_to_L, rgb_to_lab
+from images import (image_to_array, lab_to_net, lab_to_rgb, load_image, photo_to_render, render_shape, render_to_photo, rgb_to_L,
+                    rgb_to_lab)
 from models import PretrainedUnetGenerator, gray_from_L, imagenet_input
 
 MATCH_STRIDE = 8            # 8 or 16; render pixels per matched cell (the encoder level the features come from)
@@ -101,7 +102,8 @@ def encoder_features(netG, L, stride=MATCH_STRIDE):
         raise ValueError(f"stride must be one of {sorted(levels)} for this generator, got {stride}")
     size = levels[stride].shape[-2:]
     feats = torch.cat([F.normalize(F.interpolate(levels[s], size=size, mode="nearest"), dim=1)
-                       for s in (stride, 2 * stride, 4 * stride) if s in levels], 1)[..., :-(-h // stride), :-(-w // stride)]   # (1, C, hc, wc)
+                       for s in (stride, 2 * stride, 4 * stride) if s in levels], 1)
+    feats = feats[..., :-(-h // stride), :-(-w // stride)]               # (1, C, hc, wc): the cells of L, not of its padding
     return F.normalize(feats[0].flatten(1).T.float(), dim=1)              # (hc * wc, C)
 
 
@@ -210,7 +212,8 @@ def reference_hints(netG, L_photo, reference, photo_size=None, max_hints=MAX_REF
     cells, matched, sim = match_cells(P, R, grid_P, grid_R, min_similarity, min_margin, usable)
     if len(cells) == 0 or len(cells) < MIN_MATCHED_SHARE * len(P) or max_hints <= 0:
         return []
-    colours = lab_to_rgb(cell_means(lab, stride).flatten(2)[0].T[matched].T[None, :, :, None])[0, :, :, 0].T  # (n, 3)
+    cell_lab = cell_means(lab, stride).flatten(2)[..., matched, None]        # (1, 3, n, 1): each matched cell's mean Lab
+    colours = lab_to_rgb(cell_lab)[0, :, :, 0].T                            # (n, 3)
     hints = []
     for i in spread(cells, sim, grid_P, max_hints):
         r, c = divmod(int(cells[i]), grid_P[1])
@@ -218,6 +221,18 @@ def reference_hints(netG, L_photo, reference, photo_size=None, max_hints=MAX_REF
         x, y = render_to_photo(r, c, W, H, w, h)
         hints.append((x, y, tuple(round(255 * float(v), 2) for v in colours[i])))
     return hints
+
+
+def merge_hints(reference_hints, user_hints, W, H, w, h, stride=MATCH_STRIDE):
+    """The hints to colorize with when a reference and a user both give some, on a W x H photo seen at
+    w x h: the user's win where they are, so a reference hint within one cell (stride render pixels)
+    of a user's is left out, and the user's come last (painted over any overlap)."""
+    users = [photo_to_render(x, y, W, H, w, h) for x, y, _ in user_hints]
+
+    def clear_of_users(hint):
+        r, c = photo_to_render(hint[0], hint[1], W, H, w, h)
+        return all(max(abs(r - ur), abs(c - uc)) >= stride for ur, uc in users)
+    return [hint for hint in reference_hints if clear_of_users(hint)] + list(user_hints)
 
 
 def augmented_truth(rgb, rng, keep=(0.6, 0.9), scale=(0.75, 1.25)):

@@ -17,7 +17,7 @@ from evaluate import center_square
 from images import gray_version, load_image, rgb_to_lab
 from metrics import psnr
 from reference import (BadReferenceError, augmented_truth, cell_means, default_similarity, encoder_features, match_cells,
-                       photo_L, reference_hints)
+                       merge_hints, photo_L, reference_hints)
 
 VAL = os.path.join(REPO, "..", "shared", "datasets", "photos", "val")
 needs_val = pytest.mark.skipif(not os.path.isdir(VAL), reason="needs ../shared/datasets/photos/val")
@@ -128,6 +128,14 @@ def test_bad_references_are_one_line_naming_them(tiny, tmp_path):
     for bad in (np.zeros((4, 4)), np.full((8, 8, 3), 2.0, np.float32)):
         with pytest.raises(BadReferenceError, match="reference photo"):
             reference_hints(tiny, L, bad)
+
+
+def test_user_hints_win_over_reference_hints_near_them():
+    ref = [(10, 10, (200, 0, 0)), (100, 100, (0, 200, 0)), (395, 195, (0, 0, 200))]
+    user = [(104, 96, "#ffffff"), (300, 20, "#000000")]
+    # a 400 x 200 photo seen at 200 x 100: (104, 96) is 2 render pixels from (100, 100), under a cell of 8
+    assert merge_hints(ref, user, 400, 200, 200, 100) == [ref[0], ref[2], *user]
+    assert merge_hints(ref, [], 400, 200, 200, 100) == ref
 
 
 def test_augmented_truth_crops_flips_and_rescales_keeping_colours():
