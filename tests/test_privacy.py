@@ -161,7 +161,7 @@ def test_session_forget_removes_its_files_and_gradio_copies_but_not_the_users(tm
     Image.fromarray(photo(40, 32, seed=2)).save(tmp_path / "mine.png")  # a path given in-process: the user's own
     app = webapp.build_app(Colorizer.load(weights, "cpu"), str(root))
     fns = {f.name: f.fn for f in app.fns.values()}
-    session = fns["add_photos"](None, [str(cache / "h1" / "a.png"), str(tmp_path / "mine.png")], 256, 1.0)[0]
+    session = list(fns["add_photos"](None, [str(cache / "h1" / "a.png"), str(tmp_path / "mine.png")], 256, 1.0))[-1][0]
     assert len(session.photos) == 2 and session.cached and os.listdir(session.folder)
     shown = fns["forget"](session)
     assert shown[0] is None and shown[-1] is None and "2 photos" in shown[-2]

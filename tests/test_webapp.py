@@ -40,10 +40,12 @@ def page(tmp_path_factory):
 
     port = free_port()
     weights = os.environ.get("WEBAPP_WEIGHTS", os.path.join(REPO, "weights", "colorizer.pt"))
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
+    folder = tmp_path_factory.mktemp("serve")
+    log, tmp = open(folder / "serve.log", "w+"), folder / "tmp"
+    tmp.mkdir()
     server = subprocess.Popen([sys.executable, os.path.join(REPO, "colorize_base.py"), "--serve", "--port", str(port),
                                "--weights", weights, "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+                              env={**os.environ, "OMP_NUM_THREADS": "2", "TMPDIR": str(tmp)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -57,16 +59,17 @@ def page(tmp_path_factory):
             time.sleep(0.5)
     options = Options()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.get(url)
     from selenium.webdriver.common.by import By  # the page is built by script after it loads: wait for it
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"), what="the page to be built")
-    yield driver, url
+    yield driver, url, server, str(tmp)
     driver.quit()
-    server.terminate()
-    server.wait(timeout=30)
+    if server.poll() is None:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def wait_for(condition, timeout=60, what="the page"):
@@ -105,59 +108,141 @@ def status_text(driver):
     return driver.find_element(By.ID, "status").text
 
 
-def test_upload_colorize_hint_and_bad_file(page, tmp_path):
+def drop(driver, *paths):
+    from selenium.webdriver.common.by import By
+    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys("\n".join(map(str, paths)))
+
+
+def thumbnails(driver):
+    from selenium.webdriver.common.by import By
+    return driver.find_elements(By.CSS_SELECTOR, "#thumbs img")
+
+
+def on_screen(driver, css):
+    """Whether the element is shown and wholly inside the 1400x1000 window, without scrolling."""
+    from selenium.webdriver.common.by import By
+    elements = driver.find_elements(By.CSS_SELECTOR, css)
+    if not elements or not elements[0].is_displayed():
+        return False
+    r = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.top, r.bottom, r.left, "
+                              "r.right, window.innerHeight, window.innerWidth];", elements[0])
+    return r[0] >= 0 and r[1] <= r[4] and r[2] >= 0 and r[3] <= r[5] and r[1] - r[0] > 100
+
+
+def click_at(driver, css, x, y, w, h):
+    """Click the image in element css at photo pixel (x, y) of a w x h photo."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    driver, url = page
-    report = os.environ.get("WEBAPP_REPORT_DIR", str(tmp_path))  # timings and a screenshot land here
-    # a 1024 px photo: a gray version of a colour scene, so the model has something to colour
-    img = Image.fromarray(photo(1024, 768, seed=5)).convert("L").convert("RGB")
-    img.save(tmp_path / "family.png")
+    element = driver.find_element(By.CSS_SELECTOR, css)
+    sw, sh = element.size["width"], element.size["height"]
+    ActionChains(driver).move_to_element_with_offset(element, (x + 0.5) * sw / w - sw / 2,
+                                                      (y + 0.5) * sh / h - sh / 2).click().perform()
+
+
+def test_the_page_one_screen_thumbnails_hint_mode_undo_remove_and_sigterm(page, tmp_path):
+    """Three photos dropped; before / after on one screen; clicks add hints only in hint mode, with a
+    marker, and undo takes one back; removing a photo updates the strip and the zip; SIGTERM leaves
+    no photo on disk. Timings and screenshots go to WEBAPP_REPORT_DIR (default: the test's folder)."""
+    import zipfile
+
+    from selenium.webdriver.common.by import By
+    driver, url, server, tmp = page
+    report = os.environ.get("WEBAPP_REPORT_DIR", str(tmp_path))
+    names = {"family.png": (1152, 864), "scan.png": (4160, 3120), "street.png": (400, 300)}  # 1 MP, 13 MP, small
+    for k, (name, (w, h)) in enumerate(names.items()):
+        Image.fromarray(photo(w, h, seed=5 + k)).convert("L").convert("RGB").save(tmp_path / name)
+    timings = {}
+
     t = time.perf_counter()
-    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(tmp_path / "family.png"))
-    src, result = shown_image(driver, url, "result")
-    seconds_first = time.perf_counter() - t
-    assert result.size == (1024, 768)
-    c, _ = chroma(np.asarray(result))
+    drop(driver, tmp_path / "family.png")
+    src, shown = shown_image(driver, url, "compare")
+    timings["1 MP photo, drop to result shown"] = time.perf_counter() - t
+    wait_for(lambda: "family.png: 1152x864, colorized" in status_text(driver), what="the first photo")
+    assert on_screen(driver, "#compare") and on_screen(driver, "#upload"), "before / after must fit the window"
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#compare img")) == 2  # before and after, one slider
+    assert not any(e.is_displayed() for e in driver.find_elements(By.ID, "result"))  # not the same photo twice
+    c, _ = chroma(np.asarray(urllib_image(url, driver.find_elements(By.CSS_SELECTOR, "#compare img")[1])))
     assert c.mean() > 1.0, "the result is gray"
-    assert "family.png: 1024x768" in status_text(driver)
+    driver.save_screenshot(os.path.join(report, "webapp_one_screen.png"))
 
-    # a red hint in the middle: the colour around it moves towards red (Lab a goes up)
-    element = driver.find_element(By.CSS_SELECTOR, "#result img")
-    shown_w, shown_h = element.size["width"], element.size["height"]
-    x, y = 512, 384
-    before_a = chroma(np.asarray(result))[1][y - 8:y + 8, x - 8:x + 8].mean()
-    next(e for e in driver.find_elements(By.CSS_SELECTOR, "#presets label") if e.text == "brick red").click()
     t = time.perf_counter()
-    ActionChains(driver).move_to_element_with_offset(element, (x + 0.5) * shown_w / 1024 - shown_w / 2,
-                                                      (y + 0.5) * shown_h / 768 - shown_h / 2).click().perform()
-    refused = "takes no colour hints"
-    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#hints label") or refused in status_text(driver),
-             what="the hint to be listed (or refused)")
-    assert refused not in status_text(driver)  # the bundled model was trained with hints
-    src, hinted = shown_image(driver, url, "result", old_src=src)
-    seconds_hint = time.perf_counter() - t
-    hint_items = driver.find_elements(By.CSS_SELECTOR, "#hints label")
-    assert len(hint_items) == 1
-    hx, hy = (int(v) for v in hint_items[0].text.split("(")[1].split(")")[0].split(","))
-    assert abs(hx - x) <= 2 and abs(hy - y) <= 2, hint_items[0].text  # a click lands within display rounding
-    after_a = chroma(np.asarray(hinted))[1][y - 8:y + 8, x - 8:x + 8].mean()
-    assert after_a > before_a + 5, (before_a, after_a)
-    driver.save_screenshot(os.path.join(report, "webapp_screenshot.png"))
+    drop(driver, tmp_path / "scan.png")
+    wait_for(lambda: "scan.png: 4160x3120, preview" in status_text(driver), timeout=120, what="the 13 MP preview")
+    timings["13 MP photo, drop to preview shown"] = time.perf_counter() - t
+    wait_for(lambda: "scan.png: 4160x3120, colorized" in status_text(driver), timeout=120, what="the 13 MP photo")
+    timings["13 MP photo, drop to full result shown"] = time.perf_counter() - t
+    drop(driver, tmp_path / "street.png")
+    wait_for(lambda: len(thumbnails(driver)) == 3 and "street.png: 400x300" in status_text(driver), what="3 thumbnails")
 
-    # a file that is not an image: a message in the page, and the page keeps working
+    # hint mode off: a click on the photo adds nothing
+    thumbnails(driver)[0].click()
+    wait_for(lambda: "family.png: 1152x864" in status_text(driver), what="the first photo again")
+    click_at(driver, "#compare", 576, 432, 1152, 864)
+    time.sleep(1.5)
+    assert not driver.find_elements(By.CSS_SELECTOR, "#hints label") and "Hint" not in status_text(driver)
+
+    # hint mode on: one click, one hint, its marker drawn; undo takes it back
+    driver.find_element(By.CSS_SELECTOR, "#hint-mode input[type=checkbox]").click()
+    wait_for(lambda: on_screen(driver, "#result"), what="the photo to click on")
+    assert not any(e.is_displayed() for e in driver.find_elements(By.ID, "compare"))
+    next(e for e in driver.find_elements(By.CSS_SELECTOR, "#presets label") if e.text == "sky blue").click()
+    before, _ = shown_image(driver, url, "result")
+    t = time.perf_counter()
+    click_at(driver, "#result", 576, 432, 1152, 864)
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#hints label")) == 1, what="the hint to be listed")
+    _, marked = shown_image(driver, url, "result", old_src=before)
+    timings["1 MP photo, hint click to re-rendered result"] = time.perf_counter() - t
+    label = driver.find_element(By.CSS_SELECTOR, "#hints label").text
+    hx, hy = (int(v) for v in label.split("(")[1].split(")")[0].split(","))
+    assert abs(hx - 576) <= 2 and abs(hy - 432) <= 2, label
+    assert np.abs(np.asarray(marked, int)[hy, hx] - (0x6a, 0x9f, 0xd8)).max() <= 3  # the marker: a dot of its colour
+    driver.save_screenshot(os.path.join(report, "webapp_hint_mode.png"))
+    driver.find_element(By.ID, "undo-hint").click()
+    wait_for(lambda: not driver.find_elements(By.CSS_SELECTOR, "#hints label"), what="the hint to be undone")
+
+    thumbnails(driver)[1].click()  # the 13 MP scan: a hint there
+    wait_for(lambda: "scan.png: 4160x3120" in status_text(driver), what="the scan")
+    before, _ = shown_image(driver, url, "result")
+    t = time.perf_counter()
+    click_at(driver, "#result", 2080, 1560, 4160, 3120)
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#hints label")) == 1, timeout=120, what="the scan's hint")
+    shown_image(driver, url, "result", old_src=before)
+    timings["13 MP photo, hint click to re-rendered result"] = time.perf_counter() - t
+    driver.find_element(By.CSS_SELECTOR, "#hint-mode input[type=checkbox]").click()  # hint mode off again
+
+    # remove the photo in view: the strip and the zip agree
+    driver.find_element(By.ID, "remove-photo").click()
+    wait_for(lambda: len(thumbnails(driver)) == 2 and "Removed scan.png" in status_text(driver), what="the removal")
+    link = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#download a"), what="the download")[0]
+    href = link.get_attribute("href")
+    data = urllib.request.urlopen(href if href.startswith("http") else url + "/" + href.lstrip("/")).read()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert sorted(n.split("_", 1)[1] for n in z.namelist()) == ["family.png", "street.png"], z.namelist()
+
+    # a file that is not an image: a message, said once, and the page keeps working
     (tmp_path / "broken.jpg").write_text("this is not a photo")
-    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(tmp_path / "broken.jpg"))
+    drop(driver, tmp_path / "broken.jpg")
     wait_for(lambda: "broken.jpg" in status_text(driver), what="the bad-file message")
-    assert "could not be colorized" in status_text(driver)
-    Image.fromarray(photo(200, 150, seed=6)).save(tmp_path / "next.png")  # and the page still works
-    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(tmp_path / "next.png"))
+    assert "could not be colorized" in status_text(driver) and len(thumbnails(driver)) == 2
+    Image.fromarray(photo(200, 150, seed=9)).save(tmp_path / "next.png")
+    drop(driver, tmp_path / "next.png")
     wait_for(lambda: "next.png: 200x150" in status_text(driver), what="the next photo")
-    timings = (f"1024x768 photo, upload to result shown: {seconds_first:.2f} s\n"
-               f"hint click to re-rendered result shown: {seconds_hint:.2f} s\n")
-    print(timings)
+    assert "broken.jpg" not in status_text(driver) and len(thumbnails(driver)) == 3
+
+    text = "".join(f"{k}: {v:.2f} s\n" for k, v in timings.items())
+    print(text)
     with open(os.path.join(report, "webapp_timings.txt"), "w") as f:
-        f.write(timings)
+        f.write(text)
+    server.terminate()  # SIGTERM: no photo the page saw is left on disk
+    server.wait(timeout=30)
+    left = [os.path.join(d, f) for d, _, fs in os.walk(tmp) for f in fs]
+    assert left == [], left
+
+
+def urllib_image(url, element):
+    s = element.get_attribute("src")
+    return Image.open(io.BytesIO(urllib.request.urlopen(s if s.startswith("http") else url + "/" + s.lstrip("/")).read())
+                      ).convert("RGB")
 
 
 def test_serve_without_gradio_says_what_to_install(monkeypatch, weights):

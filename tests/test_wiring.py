@@ -157,7 +157,7 @@ def test_page_removes_the_ticked_hint_and_keeps_the_other(tmp_path):
     two = [(5, 6, "#ff0000"), (30, 20, "#0000ff")]
     (tmp_path / "two.hints.json").write_text(json.dumps({"hints": [{"x": x, "y": y, "color": c} for x, y, c in two]}))
     for ticked, kept in ((0, 1), (1, 0)):
-        session = fns["add_photos"](None, [str(tmp_path / "a.png")], 256, 1.0)[0]
+        session = list(fns["add_photos"](None, [str(tmp_path / "a.png")], 256, 1.0))[-1][0]
         shown = fns["load_hints"](session, str(tmp_path / "two.hints.json"), 256, 1.0)
         labels = shown[5]["choices"]  # the hint list's ticks, as the page shows them
         labels = [c[0] if isinstance(c, (tuple, list)) else c for c in labels]
