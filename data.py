@@ -71,7 +71,7 @@ class ColorizationDataset(Dataset):
         for k in range(len(self.files)):
             path = self.files[(i + k) % len(self.files)]
             try:
-                rgb, _ = load_image(path, self.max_pixels)
+                rgb, _ = load_image(path, self.max_pixels, say_frames=False)  # scan_images said it once
                 break
             except BadImageError as e:
                 warnings.warn(f"skipping {display_name(str(e))}", stacklevel=2)

@@ -229,11 +229,12 @@ def _match_parts(names, patterns):
     return len(names) in ends
 
 
-def open_image(path, max_pixels=100_000_000):
+def open_image(path, max_pixels=100_000_000, say_frames=True):
     """Open an image file as a decoded PIL image as displayed: EXIF orientation applied, the first
-    frame of an animation. Raises BadImageError naming the file, with a plain reason; never blocks
-    on a FIFO or device. Pillow's warnings about a file that opens (damaged EXIF) are printed as one
-    line each, "warning: FILE: ...", on stderr; those about a file that is refused are dropped."""
+    frame of an animation (or page of a multi-page TIFF), which say_frames says in a warning. Raises
+    BadImageError naming the file, with a plain reason; never blocks on a FIFO or device. Pillow's
+    warnings about a file that opens (damaged EXIF) are printed as one line each, "warning: FILE: ...",
+    on stderr; those about a file that is refused are dropped."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -246,7 +247,7 @@ def open_image(path, max_pixels=100_000_000):
         raise BadImageError(f"{path}: not a regular file (a pipe, socket or device), so not read")
     with warnings.catch_warnings(record=True) as caught:  # Pillow's warnings, said in our words below
         warnings.simplefilter("always")
-        img = _decode(path, max_pixels)
+        img = _decode(path, max_pixels, say_frames)
     for message in dict.fromkeys(filter(None, map(_warning_text, caught))):  # each once
         tqdm.write(f"warning: {display_name(path)}: {message}", file=sys.stderr)
     return img
@@ -262,7 +263,7 @@ def _warning_text(warning):
     return text[:150]
 
 
-def _decode(path, max_pixels):
+def _decode(path, max_pixels, say_frames=True):
     """open_image's work, inside its catch_warnings."""
     try:
         img = Image.open(path)
@@ -271,6 +272,7 @@ def _decode(path, max_pixels):
             img.close()
             raise BadImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
                                 f"(raise --max-pixels if you trust this file)")
+        frames = getattr(img, "n_frames", 1) if say_frames else 1  # before load(): counting frames seeks
         img.seek(0)
         try:
             img.load()
@@ -285,6 +287,8 @@ def _decode(path, max_pixels):
         if problem:
             img.close()
             raise BadImageError(f"{path}: {problem}")
+        if frames > 1:  # said once it is known to open, through open_image's warning lines
+            warnings.warn(f"{frames} frames (an animation or a multi-page file); only the first is used", stacklevel=2)
         return img
     except BadImageError:
         raise
@@ -377,14 +381,14 @@ def image_to_array(img, scale=None):
     return rgb, alpha
 
 
-def load_image(path, max_pixels=100_000_000):
+def load_image(path, max_pixels=100_000_000, say_frames=True):
     """Read any common image file as float RGB in [0, 1], shape (H, W, 3), plus alpha (H, W) or None.
 
     EXIF orientation is applied; 16-bit, palette, CMYK, LA/RGBA and grayscale inputs are handled;
     an animated file gives its first frame; any size from 1x1 up to max_pixels is accepted.
-    Raises BadImageError naming the file, with a plain reason.
+    Raises BadImageError naming the file, with a plain reason; say_frames: as open_image.
     """
-    with open_image(path, max_pixels) as img:
+    with open_image(path, max_pixels, say_frames) as img:
         try:
             return image_to_array(img)
         except Exception as e:
