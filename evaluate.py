@@ -22,6 +22,7 @@ from metrics import colorfulness, colorfulness_gap, image_metrics
 
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_colour")
 REPORTS = ("metrics.csv", "summary.json", "sheet.png")  # what --eval writes into its output folder
+MAX_EVAL_HINTS = 65536  # --eval --hints N: at most this many per photo (every pixel of a 256x256 render)
 
 
 def center_square(rgb, size):
@@ -150,6 +151,9 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
     (one row per file), summary.json and sheet.png (gray | ours | truth for num_samples evenly spaced
     files) into out_dir, and prints a table.
     """
+    if n_hints > MAX_EVAL_HINTS:  # fewer would be revealed than said (at most one a render pixel)
+        raise UserError(f"--hints {n_hints}: at most {MAX_EVAL_HINTS} hints per photo (one for every pixel of a 256x256 "
+                        f"render); a photo rendered smaller gets one on every pixel")
     files, unreadable = eval_files(data_dir, out_dir)
     if n_hints and not colorizer.takes_hints:
         raise UserError(f"--hints {n_hints}: {colorizer.weights} takes no colour hints (trained without HINT_INPUT)")
