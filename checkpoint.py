@@ -7,13 +7,15 @@ file was made with, old files' missing ones filled in; load_generator rebuilds i
 """
 import io
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from files import (UserError, atomic_write, check_model_file, check_writable_target, describe_os_error, refuse_inputs_as_output,
-                   short_reason)
+from files import (UserError, atomic_write, check_model_file, check_writable_target, describe_os_error, display_name,
+                   refuse_inputs_as_output, short_reason)
 from models import build_generator, with_hint_input
 
 FORMAT_VERSION = 1
@@ -35,10 +37,14 @@ def load_checkpoint(path):
     check the fields every reader relies on."""
     check_model_file(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(record=True) as caught:  # torch's, about a file it refuses or reads anyway
+            warnings.simplefilter("always")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere inside the unpickler (KeyError, UnpicklingError...)
         raise UserError(f"{path}: not a readable checkpoint (truncated, damaged or not made by this tool): "
                         f"{short_reason(e)}") from None
+    for message in dict.fromkeys(" ".join(str(w.message).split())[:150] for w in caught):  # each once, one line
+        print(f"warning: {display_name(path)}: {message}", file=sys.stderr)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), dict) and isinstance(ckpt.get("netG_ema"), dict)):
         raise UserError(f"{path}: not a checkpoint of this tool (no 'cfg' / 'netG_ema' entries)")
     for key in ("format_version", "step"):
@@ -75,6 +81,48 @@ def check_finite(state, path, what):
                             f"model); use an earlier checkpoint")
 
 
+def _is_bool(v):
+    return type(v) is bool
+
+
+# The constants that shape the generator, as a file must hold them: (test, what the value must be). A file whose
+# constants fail these would build another network than its weights are for, or none (NGF "8", SPECTRAL_NORM "no").
+NETWORK_CONSTANTS = {
+    "ENCODER": (lambda v: isinstance(v, str), "the name of an encoder"),
+    "NGF": (lambda v: type(v) is int and 1 <= v <= 1024, "a whole number in 1..1024"),
+    "N_DOWNS": (lambda v: type(v) is int and 1 <= v <= 10, "a whole number in 1..10"),
+    "ATTN_FACTORS": (lambda v: isinstance(v, (tuple, list)) and all(type(f) is int and f > 0 for f in v),
+                     "a list of whole numbers"),
+    "SPECTRAL_NORM": (_is_bool, "true or false"),
+    "HINT_INPUT": (_is_bool, "true or false"),
+    "HINT_DECODER": (_is_bool, "true or false"),
+    "DROPOUT": (lambda v: type(v) in (int, float) and 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def check_network_constants(cfg, path):
+    """UserError naming the file and the constant when one of the generator's constants in cfg has the
+    wrong type or an impossible value."""
+    for k, (ok, rule) in NETWORK_CONSTANTS.items():
+        if k in cfg and not ok(cfg[k]):
+            raise UserError(f"{path}: damaged model file: its constant {k} should be {rule}, got {cfg[k]!r}")
+
+
+def check_fits(state, netG, path):
+    """UserError naming the file and the tensor when a stored tensor is not the network's: missing, extra,
+    of another shape, or whole numbers where the network has floats (load_state_dict would convert them)."""
+    own = netG.state_dict()
+    odd = sorted(own.keys() ^ state.keys())
+    if odd:
+        where = "missing from" if odd[0] in own else "not a tensor of the network, in"
+        raise UserError(f"{path}: weights do not fit the network its constants describe (incompatible configuration): "
+                        f"{odd[0]!r} is {where} the file")
+    for k, v in own.items():
+        if state[k].shape != v.shape or state[k].is_floating_point() != v.is_floating_point():
+            raise UserError(f"{path}: weights do not fit the network its constants describe (incompatible configuration): {k!r} is "
+                            f"{state[k].dtype} {tuple(state[k].shape)}, the network's is {v.dtype} {tuple(v.shape)}")
+
+
 def load_generator(path, device, defaults=None):
     """The EMA generator stored in a checkpoint, rebuilt from the constants saved with it, in eval
     mode: (netG, cfg). defaults fills constants that older checkpoints did not store."""
@@ -84,9 +132,11 @@ def load_generator(path, device, defaults=None):
 def generator_from(ckpt, path, device, defaults=None):
     """load_generator for a checkpoint already read from path (load_checkpoint)."""
     cfg = file_constants(ckpt, defaults or {})
+    check_network_constants(cfg, path)
     check_finite(ckpt["netG_ema"], path, "generator")
     try:
         netG = build_generator(cfg)
+        check_fits(ckpt["netG_ema"], netG, path)
         netG.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["netG_ema"].items()})
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: weights do not fit the network its constants describe "
@@ -115,6 +165,7 @@ def export(weights, out, about=None):
     refuse_inputs_as_output(out, [weights], "--export file")
     check_writable_target(out, "model")
     ckpt = load_checkpoint(weights)
+    check_network_constants(ckpt["cfg"], weights)
     check_finite(ckpt["netG_ema"], weights, "generator")
     step = ckpt["step"]
     write_model(out, ckpt["cfg"], step, ckpt["netG_ema"], ckpt.get("about") if about is None else about)

@@ -2,6 +2,7 @@
 atomic_write (all or nothing, the one way a file that matters is written), OS errors and library
 errors in words, the checks a weights file passes before it is opened, and SIGTERM as Ctrl-C.
 """
+import argparse
 import errno
 import os
 import re
@@ -12,6 +13,14 @@ from contextlib import contextmanager, suppress
 
 class UserError(Exception):
     """A problem with what the user asked for or gave; printed as one line, without a traceback."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose refusals (an unknown option, a value of the wrong kind) are one line like every other
+    refusal of this tool, "error: ...", exit code 2: argparse's own prints the whole usage first."""
+
+    def error(self, message):
+        self.exit(2, f"error: {display_name(message)} (see --help)\n")
 
 
 # What a terminal would act on in a name: C0 controls (ESC starts escape sequences, CR rewrites the line), DEL,

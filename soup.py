@@ -16,8 +16,8 @@ import sys
 import torch
 
 import colorize_base as cb
-from checkpoint import check_finite, file_constants, generator_from, load_checkpoint, write_model
-from files import UserError, check_writable_target, display_name, refuse_inputs_as_output
+from checkpoint import check_finite, check_network_constants, file_constants, generator_from, load_checkpoint, write_model
+from files import OneLineParser, UserError, check_writable_target, display_name, refuse_inputs_as_output
 
 POWER_ITERATIONS = 50  # enough for the vectors to settle from the averaged ones
 
@@ -27,6 +27,8 @@ def soup_state(paths):
     if len(paths) < 2:
         raise UserError("a soup needs at least two models")
     ckpts = [load_checkpoint(p) for p in paths]
+    for path, ckpt in zip(paths, ckpts):  # each file's own faults first, named as its own
+        check_network_constants(ckpt["cfg"], path)
 
     def network(ckpt, key):
         return file_constants(ckpt, cb.CONSTANTS)[key]
@@ -58,7 +60,8 @@ def soup_state(paths):
 
 def check_same_tensors(state, path, first, first_path):
     """UserError naming the ingredient and the tensor when state lacks one of first's tensors, has
-    one more, or one of another shape: averaging those would broadcast into a corrupt model."""
+    one more, or one of another shape or kind (whole numbers for floats): averaging those would broadcast
+    into a corrupt model."""
     odd = sorted(first.keys() ^ state.keys())
     if odd:
         k = odd[0]
@@ -69,10 +72,13 @@ def check_same_tensors(state, path, first, first_path):
         if state[k].shape != v.shape:
             raise UserError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, but in {first_path} it has "
                             f"{tuple(v.shape)}; only models with the same network can be averaged")
+        if state[k].is_floating_point() != v.is_floating_point():  # whole numbers averaged into weights: garbage
+            raise UserError(f"{path}: tensor {k!r} is {state[k].dtype}, but in {first_path} it is {v.dtype}; "
+                            f"only models with the same network can be averaged")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="the averaged model to write (float16, like --export)")
     p.add_argument("models", nargs="+", help="exported models or checkpoints of the same network")
     p.add_argument("--about", metavar="TEXT", help="what the ingredients were trained on, stored in the file")
