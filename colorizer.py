@@ -20,12 +20,13 @@ from tqdm import tqdm
 
 from backends import OnnxNetwork, TorchNetwork, choose_backend
 from files import UserError, atomic_write, describe_os_error, display_name, fit_name, make_folders
-from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, sidecar_path
+from hints import SIDECAR_SUFFIX, HintError, hint_planes, read_hints, short_repr, sidecar_path
 from images import (IMG_EXTENSIONS, BadImageError, find_images, float_pixels_problem, image_to_array, integer_scale,
                     lab_to_net, lab_to_rgb, net_to_lab, open_image, render_shape, rgb_to_L, unique_files)
 from video import TEMPORAL, colorize_video, find_videos, is_video_file
 
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "colorizer.pt")
+MAX_SATURATION = 100.0  # as SATURATION's bound on the command line: ab beyond 100 x its range is clipped anyway
 BAND_PIXELS = 1 << 20  # full-resolution colour work is done in bands of about this many pixels (1M: ~12 MB a channel)
 
 
@@ -45,7 +46,7 @@ class Colorizer:
         those of RENDER_SIZE, MAX_PIXELS, SATURATION, BACKEND and THREADS in colorize_base.py, whose
         command line passes its own. backend: auto (onnx for an .onnx file or without PyTorch), torch
         or onnx; threads: onnxruntime's (0: its own choice; torch's are set by set_threads)."""
-        backend, weights = choose_backend(os.fspath(weights), backend, device)
+        backend, weights = choose_backend(os.fsdecode(weights), backend, device)  # a bytes path too
         network = OnnxNetwork(weights, threads) if backend == "onnx" else TorchNetwork.load(weights, device)
         return cls(network, render_size, max_pixels, weights, saturation)
 
@@ -67,7 +68,7 @@ class Colorizer:
         hints: colour hints [(x, y, "#rrggbb"), ...] in the image's own pixels (see hints.py); needs
         a model trained with HINT_INPUT. None or [] is the automatic result.
         saturation: the predicted ab is multiplied by it (in Lab, after the network): 1 as predicted,
-        0 gray, above 1 more colourful; None: the Colorizer's (SATURATION).
+        0 gray, above 1 more colourful, at most MAX_SATURATION; None: the Colorizer's (SATURATION).
         Colour in the input is discarded. The network sees the luminance resized so that its longer
         side is render_size (never enlarged); the predicted ab is upsampled to the original size and
         joined with the original full-resolution L, in bands, so memory stays bounded on huge photos.
@@ -77,9 +78,12 @@ class Colorizer:
         # NumPy scalars count as numbers (numbers.Integral / Real); True and False do not
         if isinstance(render_size, bool) or not (isinstance(render_size, numbers.Integral) and render_size > 0):
             raise ValueError(f"render_size must be a positive whole number of pixels, got {render_size!r}")
-        if isinstance(saturation, bool) or not (isinstance(saturation, numbers.Real) and 0 <= saturation < float("inf")):
-            raise ValueError(f"saturation must be a number >= 0, got {saturation!r}")
+        if isinstance(saturation, bool) or not (isinstance(saturation, numbers.Real) and 0 <= saturation <= MAX_SATURATION):
+            raise ValueError(f"saturation must be a number >= 0, got {saturation!r} (at most {MAX_SATURATION:g}, "
+                             f"as --saturation)")
         render_size, saturation = int(render_size), float(saturation)
+        if isinstance(hints, np.ndarray):  # an (n, 3) array of hints: its rows, as a list is
+            hints = hints.tolist()
         read_rows, H, W = _row_reader(image, self.max_pixels)
         step = max(1, BAND_PIXELS // W)
         bands = [(y, min(H, y + step)) for y in range(0, H, step)]
@@ -198,6 +202,8 @@ def _row_reader(image, max_pixels):
         image = open_image(os.fspath(image), max_pixels)
     if isinstance(image, Image.Image):
         W, H = image.size
+        if W * H == 0:
+            raise ValueError(f"PIL image of {W}x{H} pixels: an image needs at least one")
         if W * H > max_pixels:
             raise ValueError(f"image of {W}x{H} = {W * H} pixels is over the limit of {max_pixels}")
         problem = float_pixels_problem(image)
@@ -205,6 +211,10 @@ def _row_reader(image, max_pixels):
             raise ValueError(f"PIL image: {problem}")
         scale = integer_scale(image) if image.mode.startswith("I") else None
         return (lambda y0, y1: image_to_array(image.crop((0, y0, W, y1)), scale)), H, W
+    if not isinstance(image, (np.ndarray, list, tuple)) and not hasattr(image, "__array__"):
+        raise ValueError(f"expected a file path, a PIL image or an image array, got {type(image).__name__} "
+                         f"{short_repr(image)}" + (" (a file's bytes? pass its path, or Image.open(io.BytesIO(data)))"
+                                                   if isinstance(image, (bytes, bytearray)) else ""))
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[..., None]

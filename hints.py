@@ -42,7 +42,9 @@ class HintError(ValueError):
 
 def parse_color(color):
     """'#rrggbb', 'rgb(r, g, b)' / 'rgba(r, g, b, a)' (what a browser's colour picker sends) or
-    (r, g, b), with values in 0..255 -> (r, g, b) floats in [0, 1]."""
+    (r, g, b) (a tuple, list or array), with values in 0..255 -> (r, g, b) floats in [0, 1]."""
+    if isinstance(color, np.ndarray) and color.ndim == 1:  # a pixel of an image array: (r, g, b)
+        color = color.tolist()
     if isinstance(color, str):
         m = re.fullmatch(r"#([0-9a-fA-F]{6})", color.strip())
         if m:
