@@ -14,6 +14,7 @@ the file is half the size and computes in float32 like the torch model, whose sh
 float16 already.
 """
 import json
+import os
 import warnings
 
 import torch
@@ -21,7 +22,8 @@ from torch.nn.utils import parametrize
 
 from backends import ONNX_FORMAT_VERSION, ONNX_INPUTS, ONNX_METADATA, ONNX_OUTPUT
 from checkpoint import check_finite, generator_from, load_checkpoint
-from files import UserError, atomic_write, check_writable_target, refuse_inputs_as_output, short_reason
+from files import (UserError, atomic_write, check_writable_target, describe_os_error, make_folders, refuse_inputs_as_output,
+                   short_reason)
 
 OPSET = 18
 
@@ -53,6 +55,10 @@ def export_onnx(weights, out, about=None, half=True):
         raise UserError(f"{weights}: the exported ONNX graph does not pass onnx.checker ({short_reason(e)})") from None
     data = model.SerializeToString()
     check_against_torch(data, netG, weights)
+    try:  # its folder, as for a .pt export, once there is something to write
+        make_folders(os.path.dirname(os.path.abspath(out)))
+    except OSError as e:
+        raise UserError(f"cannot create the folder of {out}: {describe_os_error(e)}") from None
     atomic_write(out, lambda f: f.write(data), "model")
     return ckpt["step"]
 
