@@ -30,7 +30,7 @@ from tqdm import tqdm
 import backends
 import video
 from colorizer import Colorizer, colorize_files  # noqa: F401 (Colorizer: the Python API)
-from files import UserError, describe_os_error, display_name, remove_stale_temporaries, sigterm_as_interrupt
+from files import OneLineParser, UserError, describe_os_error, display_name, remove_stale_temporaries, sigterm_as_interrupt
 
 try:  # all but --infer need PyTorch; without it (requirements-lite.txt) --infer runs ONNX models on onnxruntime
     import torch
@@ -160,10 +160,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(allow_abbrev=False, description="Colorize black-and-white photos with a conditional GAN.",
-                                formatter_class=_HelpFormatter,
-                                epilog="Any constant at the top of colorize_base.py can be set by name, "
-                                       "e.g. --lambda-l1 50 --ngf 64 --attn-factors 8,16.")
+    p = OneLineParser(allow_abbrev=False, description="Colorize black-and-white photos with a conditional GAN.",
+                      formatter_class=_HelpFormatter,
+                      epilog="Any constant at the top of colorize_base.py can be set by name, "
+                             "e.g. --lambda-l1 50 --ngf 64 --attn-factors 8,16.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (resumes from RUN_DIR/checkpoint.pt)")
     mode.add_argument("--infer", nargs="*", metavar="PATH", help="colorize files, folders or globs (after --, every "
@@ -187,6 +187,10 @@ def build_parser():
     p.add_argument("--hints", metavar="FILE|N", help="with --infer: a JSON file of colour hints for the one photo "
                                                      "(see the README); with --eval: reveal N true colours per photo "
                                                      "as hints. Needs a model trained with HINT_INPUT")
+    p.add_argument("--reference", metavar="PHOTO|truth-aug|DIR", help="a colour photo whose colours guide the "
+                   "photos (the parts that match become hints; yours win where you give them): with --infer one "
+                   "photo for all; with --eval truth-aug (each photo's own truth, cropped, flipped and rescaled) or a "
+                   "folder of photos named like them. Needs a hint model (HINT_INPUT) on the torch backend")
     p.add_argument("--about", metavar="TEXT", help="with --export: what the model was trained on, stored in the file")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     comments = constant_comments()
@@ -465,11 +469,13 @@ def main(argv=None):
         if args.video and not (args.infer or args.eval) or args.video and (n_hints or args.hints):
             raise UserError("--video is for --infer or --eval (without --hints: a clip's hints are FOLDER.hints.json "
                             "beside it): folders of one clip's frames")
+        if args.reference is not None and (args.video or not (args.infer or args.eval)):
+            raise UserError("--reference is for photos with --infer or --eval (not yet for films)")
         threads = backends.set_threads(cfg)
         if args.train:
             train(cfg, fresh=args.fresh)
             return 0
-        if args.export:
+        if args.export is not None:
             write = export_onnx if args.export.lower().endswith(".onnx") else export
             step = write(cfg["WEIGHTS"], os.path.abspath(args.export), args.about)
             print(f"wrote {display_name(os.path.abspath(args.export))} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
@@ -486,12 +492,12 @@ def main(argv=None):
                                                          cfg["FRAME_RATE"]) else 0
             if args.infer:
                 return 1 if colorize_files(colorizer, args.infer, cfg["OUT_DIR"], args.debug, args.hints,
-                                                cfg["TEMPORAL"]) else 0
+                                           cfg["TEMPORAL"], args.reference) else 0
             out_dir = cfg["OUT_DIR"] if args.OUT_DIR is not None else cfg["EVAL_DIR"]
             if args.video:
                 return evaluate_video(colorizer, args.eval, out_dir, cfg["TEMPORAL"], args.debug)
             return 1 if evaluate(colorizer, args.eval, out_dir, cfg["EVAL_SIZE"], cfg["NUM_SAMPLES"], args.debug,
-                                 n_hints) else 0
+                                 n_hints, args.reference) else 0
     except KeyboardInterrupt:
         return 130
     except UserError as e:

@@ -191,3 +191,15 @@ def test_an_onnx_export_makes_its_folder_as_a_pt_export_does(tmp_path, weights):
     p = run_cli("--export", tmp_path / "f" / "x.onnx", "--weights", tmp_path / "none.pt")
     one_line_error(p, "none.pt")
     assert not (tmp_path / "f").exists()  # refused before any folder is made
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--infer", "x.jpg", "--render-size", "1e9"], "argument --render-size: invalid int value: '1e9'"),
+    (["--infer", "x.jpg", "--spectral-norm", "maybe"], "expected true or false, got 'maybe'"),
+    (["--infer", "x.jpg", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ([], "one of the arguments --train --infer --export --eval --serve is required"),
+    (["--export", ""], "cannot write the model"),
+])
+def test_command_line_refusals_are_one_line_not_the_usage(tmp_path, args, said):
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr and "usage:" not in r.stderr, r.stderr
