@@ -60,7 +60,7 @@ class Colorizer:
         """Where the network runs, in words: 'cpu', 'cuda:0', 'cpu (onnxruntime)'."""
         return self.network.describe()
 
-    def colorize(self, image, render_size=None, hints=None, saturation=None):
+    def colorize(self, image, render_size=None, hints=None, saturation=None, reference=None):
         """Colorize one photo; returns a PIL image of the same size, RGB, or RGBA when the input has alpha.
 
         image: a file path, a PIL image, or an (H, W) / (H, W, 3) uint8 or float array (floats in [0, 1];
@@ -69,6 +69,9 @@ class Colorizer:
         a model trained with HINT_INPUT. None or [] is the automatic result.
         saturation: the predicted ab is multiplied by it (in Lab, after the network): 1 as predicted,
         0 gray, above 1 more colourful, at most MAX_SATURATION; None: the Colorizer's (SATURATION).
+        reference: a colour photo (path, PIL image or array) whose colours guide this one: the parts of
+        it that match parts of the photo (reference.reference_hints) become hints; the user's hints
+        win where they are. Needs a hint model on the torch backend (its encoder does the matching).
         Colour in the input is discarded. The network sees the luminance resized so that its longer
         side is render_size (never enlarged); the predicted ab is upsampled to the original size and
         joined with the original full-resolution L, in bands, so memory stays bounded on huge photos.
@@ -94,6 +97,8 @@ class Colorizer:
 
         h, w = render_shape(H, W, render_size)
         planes = self._hint_input(hints, W, H, w, h, saturation) if hints else None  # checked before any work
+        if reference is not None:
+            self._check_reference()
 
         # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
         #    each band is averaged across the width here, the rows below, so full-size L is never held
@@ -109,6 +114,11 @@ class Colorizer:
                 alpha = np.empty((H, W), np.uint8) if alpha is None else alpha
                 alpha[y0:y1] = np.round(a * 255)
         small = np.clip(area_resize(L_w, h, axis=2), -1, 1)
+        if reference is not None:  # the reference's matched colours as hints, the user's over them
+            import reference as matching  # torch: the torch backend has it
+            hints = matching.merge_hints(matching.reference_hints(self.network.netG, small, reference, (W, H),
+                                                                  max_pixels=self.max_pixels), list(hints or []), W, H, w, h)
+            planes = self._hint_input(hints, W, H, w, h, saturation) if hints else None
 
         # 2. the network, on the luminance padded to its multiple (repeating the edge)
         fake_B = self.network(pad_to(small, self.network.multiple, "edge"), planes)[..., :h, :w]
@@ -128,6 +138,14 @@ class Colorizer:
         if alpha is not None:
             result.putalpha(Image.fromarray(alpha))
         return result
+
+    def _check_reference(self):
+        if not self.takes_hints:
+            raise HintError("this model takes no colour hints, so a reference photo cannot guide it (it was "
+                            "trained without HINT_INPUT)")
+        if not isinstance(self.network, TorchNetwork):
+            raise UserError("a reference photo needs the torch backend (the model's encoder matches the two "
+                            "photos): a .pt model with --backend torch")
 
     def _hint_input(self, hints, W, H, w, h, saturation):
         """The network's hint planes for hints on a W x H photo rendered at w x h, padded with zeros."""
@@ -245,12 +263,18 @@ def _row_reader(image, max_pixels):
 # -----------------------------------------------------------------------------
 # Colorizing many files: --infer
 
-def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None, temporal=TEMPORAL):
+def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None, temporal=TEMPORAL, reference=None):
     """Colorize every image under inputs (files, folders, globs) into out_dir as <stem>.png, and every
     video (video.VIDEO_SUFFIXES) as <stem>.mp4 (video.colorize_video, temporal filter strength temporal).
     Colour hints come from hints_file (one input only), else from photo.hints.json beside each photo (a film:
     reel.hints.json beside reel.mp4, hints with frame numbers, video.read_clip_hints) when there is one. A file
-    that fails (or its hints) is reported by name and the others still run. Returns the number that failed."""
+    that fails (or its hints) is reported by name and the others still run. reference: a colour photo
+    that guides every photo (Colorizer.colorize), refused before any work when it cannot. Returns the
+    number that failed."""
+    if reference is not None:
+        import reference as matching  # needs torch, as the reference does
+        colorizer._check_reference()
+        matching.check_reference(reference, colorizer.max_pixels)
     files, failed, unreadable, empty = [], [], [], []
     for p in inputs:  # a missing input, or a folder without images, is reported; the others still run
         n_unreadable = len(unreadable)
@@ -280,13 +304,15 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None, tem
         sidecar = sidecar_path(f)
         source = hints_file or (sidecar if os.path.lexists(sidecar) else None)  # not a file: read_hints says so
         try:
+            if is_video_file(f) and reference is not None:
+                raise UserError("--reference is not yet for films")
             if is_video_file(f):  # film: <stem>.mp4, frame by frame (video.py)
                 colorize_video(colorizer, f, targets[f], temporal, inputs=files, hints_path=source)
                 n_ok += 1
                 continue
             hints = read_hints(source) if source else None
             try:
-                result = colorizer.colorize(f, hints=hints)
+                result = colorizer.colorize(f, hints=hints, reference=reference)
             except HintError as e:
                 raise UserError(f"{source}: {e}") from None
             save_png(result, targets[f])

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+import video
 from colorizer import display_name, failure_reason, make_output_dir
 from files import UserError, atomic_write, refuse_inputs_as_output
 from hints import POINT_SIDE, hex_color, square
@@ -22,6 +23,7 @@ from metrics import colorfulness, colorfulness_gap, image_metrics
 
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_colour")
 REPORTS = ("metrics.csv", "summary.json", "sheet.png")  # what --eval writes into its output folder
+TRUTH_AUG = "truth-aug"  # --eval --reference truth-aug: each photo's own truth, cropped, flipped and rescaled
 MAX_EVAL_HINTS = 65536  # --eval --hints N: at most this many per photo (every pixel of a 256x256 render)
 
 
@@ -66,23 +68,30 @@ def summarize(rows):
     ok = [r for r in rows if r["status"] == "ok"]
     summary = {"truth": {"colorfulness": float(np.mean([r["colorfulness_truth"] for r in ok])),
                          "images_with_white": sum(not np.isnan(r["false_colour"]) for r in ok)}}
-    for method, suffix in (("ours", ""), ("gray", "_gray")):
+    methods = (("ours", ""), ("gray", "_gray")) + ((("automatic", "_auto"),) if ok and "psnr_auto" in ok[0] else ())
+    for method, suffix in methods:
         means = {m: nanmean([r[m + suffix] for r in ok]) for m in METRICS}
         ratio, diff = colorfulness_gap([r["colorfulness" + suffix] for r in ok], [r["colorfulness_truth"] for r in ok])
         summary[method] = {**means, "colorfulness_ratio": ratio, "colorfulness_abs_diff": diff}
+        if "ab_divergence" + suffix in ok[0]:
+            summary[method]["ab_divergence"] = float(np.mean([r["ab_divergence" + suffix] for r in ok]))
     return summary
 
 
 def format_table(summary):
-    lines = [f"{'metric':38s}{'gray':>10s}{'ours':>10s}"]
+    methods = ("gray", "automatic", "ours") if "automatic" in summary else ("gray", "ours")
+    lines = [f"{'metric':38s}" + "".join(f"{m:>10s}" for m in methods)]
     for key, label, fmt in (("psnr", "PSNR, dB (higher is better)", ".2f"), ("ssim", "SSIM (higher is better)", ".4f"),
                             ("ciede2000", "CIEDE2000 (lower is better)", ".2f"),
                             ("colorfulness", f"colourfulness (truth {summary['truth']['colorfulness']:.2f})", ".2f"),
                             ("colorfulness_ratio", "colourfulness / truth's (1 is best)", ".3f"),
                             ("colorfulness_abs_diff", "|colourfulness - truth's| (lower)", ".2f"),
-                            ("false_colour", "% of white/gray coloured (lower)", ".2f")):
-        cells = ["-" if summary[m][key] is None else format(summary[m][key], fmt) for m in ("gray", "ours")]
-        lines.append(f"{label:38s}{cells[0]:>10s}{cells[1]:>10s}")
+                            ("false_colour", "% of white/gray coloured (lower)", ".2f"),
+                            ("ab_divergence", "ab divergence from the reference", ".4f")):
+        if key not in summary["ours"]:
+            continue
+        cells = ["-" if summary[m].get(key) is None else format(summary[m][key], fmt) for m in methods]
+        lines.append(f"{label:38s}" + "".join(f"{c:>10s}" for c in cells))
     return "\n".join(lines)
 
 
@@ -101,10 +110,12 @@ def hints_from_truth(truth, n, rng, render_size, side=POINT_SIDE):
     return hints
 
 
-def score_file(colorizer, path, eval_size, n_hints=0):
+def score_file(colorizer, path, eval_size, n_hints=0, reference=None):
     """The metrics row of one photo, and its (gray, ours, truth) panels; status "gray" for a photo
     without colour. With n_hints, that many hints revealed from the photo (a seed fixed by its file
-    name) guide the colorization. Raises BadImageError for a file that cannot be read."""
+    name) guide the colorization. reference(path, truth): the reference photo that guides it; the
+    row then also holds the same metrics without it (suffix _auto) and, for both, the divergence of
+    their ab from the reference's (ab_divergence). Raises BadImageError for a file that cannot be read."""
     truth, _ = load_image(path, colorizer.max_pixels)
     if eval_size:
         truth = center_square(truth, eval_size)
@@ -116,11 +127,59 @@ def score_file(colorizer, path, eval_size, n_hints=0):
     if n_hints:
         rng = np.random.default_rng(zlib.crc32(os.path.basename(path).encode("utf-8", "surrogateescape")))
         hints = hints_from_truth(truth, n_hints, rng, colorizer.render_size)
-    ours = np.asarray(colorizer.colorize(gray, hints=hints), dtype=np.float32) / 255
+    ref = reference(path, truth) if reference else None
+    ours = colorizer.colorize(gray, hints=hints) if ref is None else colorizer.colorize(gray, hints=hints, reference=ref)
+    ours = np.asarray(ours, dtype=np.float32) / 255
     row.update(image_metrics(ours, truth))
     row.update({k + "_gray": v for k, v in image_metrics(gray, truth).items()})
+    if reference:
+        auto = np.asarray(colorizer.colorize(gray, hints=hints), dtype=np.float32) / 255
+        row.update({k + "_auto": v for k, v in image_metrics(auto, truth).items()})
+        import reference as matching
+        ref_rgb = matching.load_reference(ref, colorizer.max_pixels)[0]
+        row["ab_divergence"], row["ab_divergence_auto"] = ab_divergence(ours, ref_rgb), ab_divergence(auto, ref_rgb)
     row["colorfulness_truth"] = colorfulness(truth)
     return row, (gray, ours, truth)
+
+
+def ab_divergence(rgb, reference, bins=32):
+    """How far a photo's colours are from a reference's: the Jensen-Shannon divergence (natural log,
+    0..ln 2) of their 2-D Lab ab histograms (bins x bins over a, b in -110..110), each counting only
+    its pixels of visible colour (chroma over 5; a photo with none counts all)."""
+    def histogram(x):
+        lab = rgb_to_lab(np.ascontiguousarray(x[..., :3].transpose(2, 0, 1))[None].astype(np.float32))[0]
+        a, b = lab[1].ravel(), lab[2].ravel()
+        coloured = np.hypot(a, b) > 5
+        a, b = (a[coloured], b[coloured]) if coloured.any() else (a, b)
+        h, _, _ = np.histogram2d(a, b, bins=bins, range=[[-110, 110], [-110, 110]])
+        return (h / max(h.sum(), 1)).ravel()
+    return video.js_divergence(histogram(rgb), histogram(reference))
+
+
+def references(spec, colorizer):
+    """--eval --reference: a function (photo path, truth) -> its reference photo. spec "truth-aug":
+    the photo's own truth cropped, flipped and rescaled (reference.augmented_truth, a seed fixed by its
+    name); else a folder holding, for each photo, a colour photo of the same stem (the first found)."""
+    import reference as matching
+    colorizer._check_reference()
+    if spec == TRUTH_AUG:
+        def augmented(path, truth):
+            seed = zlib.crc32(os.path.basename(path).encode("utf-8", "surrogateescape") + b"/reference")
+            return matching.augmented_truth(truth, np.random.default_rng(seed))
+        return augmented
+    if not os.path.isdir(spec):
+        raise UserError(f"--reference {spec}: with --eval, {TRUTH_AUG} or a folder of reference photos named "
+                        f"like the photos")
+    by_stem = {}
+    for f in sorted(find_images([spec], [])):
+        by_stem.setdefault(os.path.splitext(os.path.basename(f))[0], f)
+
+    def same_stem(path, truth):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem not in by_stem:
+            raise UserError(f"no reference photo {stem}.* in {display_name(spec)}")
+        return by_stem[stem]
+    return same_stem
 
 
 def eval_files(data_dir, out_dir):
@@ -141,13 +200,14 @@ def eval_files(data_dir, out_dir):
     return files, unreadable
 
 
-def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=False, n_hints=0):
+def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=False, n_hints=0, reference=None):
     """Score the colorizer on the colour photos under data_dir; returns the number of files that failed.
 
     Each photo's gray version goes through colorizer.colorize as with --infer, and is compared with
     the photo, beside the gray version itself as a baseline. n_hints > 0 reveals that many true
     colours per photo as hints (the model must take hints). With eval_size the photo is first cut to
-    an eval_size square. Already-gray photos are listed and left out of the means. Writes metrics.csv
+    an eval_size square. reference ("truth-aug" or a folder, see references) adds a reference photo
+    to each, scored beside the same model without it. Already-gray photos are listed and left out of the means. Writes metrics.csv
     (one row per file), summary.json and sheet.png (gray | ours | truth for num_samples evenly spaced
     files) into out_dir, and prints a table.
     """
@@ -157,6 +217,7 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
     files, unreadable = eval_files(data_dir, out_dir)
     if n_hints and not colorizer.takes_hints:
         raise UserError(f"--hints {n_hints}: {colorizer.weights} takes no colour hints (trained without HINT_INPUT)")
+    reference_spec, reference = reference, references(reference, colorizer) if reference else None
     make_output_dir(out_dir)
     root = data_dir if os.path.isdir(data_dir) else os.path.dirname(data_dir)
     sample = set(files[:: max(1, len(files) // num_samples)][:num_samples])
@@ -166,7 +227,7 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
     panels = []
     for f in tqdm(files, desc="eval", unit="img", dynamic_ncols=True):
         try:
-            row, panel = score_file(colorizer, f, eval_size, n_hints)
+            row, panel = score_file(colorizer, f, eval_size, n_hints, reference)
             if panel and f in sample:
                 panels.append(panel)
         except Exception as e:  # one bad file must not end the evaluation
@@ -191,12 +252,13 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
         atomic_write(os.path.join(out_dir, "sheet.png"), lambda fh: sheet.save(fh, format="PNG"), "report")
     summary = {"data": display_name(os.path.abspath(data_dir)), "weights": colorizer.weights,
                "render_size": colorizer.render_size, "saturation": colorizer.saturation, "eval_size": eval_size,
-               "hints": n_hints, "images": n_ok,
+               "hints": n_hints, "reference": reference_spec, "images": n_ok,
                "gray_left_out": gray_files, "failed": [f for f, _ in failed], **summarize(rows)}
     text = json.dumps(summary, indent=2)
     atomic_write(os.path.join(out_dir, "summary.json"), lambda fh: fh.write(text.encode()), "report")
     size = f"{eval_size} px centre squares" if eval_size else "full size"
     size += f", {n_hints} true-colour hints each" if n_hints else ""
+    size += f", guided by reference photos ({reference_spec}; 'automatic': without them)" if reference_spec else ""
     print(f"\n{n_ok} colour photos from {display_name(data_dir)} at {size}, rendered at {colorizer.render_size} px; "
           f"{len(gray_files)} gray left out, {len(failed)} failed")
     print(format_table(summary))
@@ -213,7 +275,9 @@ def spreadsheet_text(value):
 
 
 def write_csv(rows, path):
+    auto = any("psnr_auto" in r for r in rows)
     columns = ["file", "status", "width", "height"] + list(METRICS) + [m + "_gray" for m in METRICS] \
+        + ([m + "_auto" for m in METRICS] + ["ab_divergence", "ab_divergence_auto"] if auto else []) \
         + ["colorfulness_truth", "error"]
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, columns)
@@ -236,7 +300,6 @@ def evaluate_video(colorizer, data_dir, out_dir, strength, debug=False):
     for the clip: video.cdc and video.flicker of ours, of each frame alone and of the truth. Writes
     metrics.csv (one row per frame) and summary.json into out_dir, prints a table; returns 0. The
     clip is held in memory, so this is for short clips (a few hundred frames)."""
-    import video  # PyAV is not needed here; video.py imports without it
     files, unreadable = eval_files(data_dir, out_dir)
     if unreadable:
         raise UserError(f"--eval {data_dir} --video: cannot read the folder {display_name(unreadable[0][0])}")

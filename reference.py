@@ -49,7 +49,7 @@ def load_reference(reference, max_pixels=MAX_PIXELS):
     files as images.load_image reads them. BadReferenceError naming it when it cannot be read or is
     over max_pixels."""
     if isinstance(reference, (str, os.PathLike)):
-        name = display_name(os.fspath(reference))
+        name = "reference photo " + display_name(os.fspath(reference))
         try:
             rgb, alpha = load_image(os.fspath(reference), max_pixels, say_frames=False)
         except ValueError as e:  # images.BadImageError: "PATH: reason"
@@ -72,6 +72,28 @@ def load_reference(reference, max_pixels=MAX_PIXELS):
     if not (np.isfinite(arr).all() and 0 <= arr.min() and arr.max() <= 1):
         raise BadReferenceError(f"{name}: float pixels must be finite numbers in [0, 1]")
     return arr[..., :3], (arr[..., 3] if arr.shape[2] == 4 else None), name
+
+
+def check_colour(lab, opaque, name):
+    """BadReferenceError naming the reference when its opaque pixels (opaque >= 0.5) have no colour:
+    lab (1, 3, h, w) and opaque (1, 1, h, w) tensors."""
+    chroma = torch.hypot(lab[:, 1], lab[:, 2])[opaque[:, 0] >= 0.5]
+    if chroma.numel() == 0:
+        raise BadReferenceError(f"{name}: it is transparent all over, so it has no colour to give")
+    if float(chroma.mean()) < MIN_CHROMA:
+        raise BadReferenceError(f"{name}: it is already gray (mean Lab chroma {float(chroma.mean()):.1f}, "
+                                f"under {MIN_CHROMA}), so it has no colour to give; use a colour photo")
+
+
+def check_reference(reference, max_pixels=MAX_PIXELS):
+    """BadReferenceError naming the reference unless it can guide a photo: readable, within max_pixels,
+    with colour (judged at 256 px, as the matching sees it); before a batch spends any work."""
+    rgb, alpha, name = load_reference(reference, max_pixels)
+    size = render_shape(*rgb.shape[:2], 256)
+    ref = F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None], size)
+    opaque = torch.ones_like(ref[:, :1]) if alpha is None else \
+        F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(alpha))[None, None], size)
+    check_colour(rgb_to_lab(ref), opaque, name)
 
 
 def photo_L(rgb, render_size):
@@ -196,12 +218,7 @@ def reference_hints(netG, L_photo, reference, photo_size=None, max_hints=MAX_REF
     opaque = torch.ones_like(ref[:, :1]) if alpha is None else \
         F.adaptive_avg_pool2d(torch.from_numpy(alpha)[None, None].to(device), (hr, wr))
     lab = rgb_to_lab(ref)                                                    # (1, 3, hr, wr)
-    chroma = torch.hypot(lab[:, 1], lab[:, 2])[opaque[:, 0] >= 0.5]
-    if chroma.numel() == 0:
-        raise BadReferenceError(f"{name}: it is transparent all over, so it has no colour to give")
-    if float(chroma.mean()) < MIN_CHROMA:
-        raise BadReferenceError(f"{name}: it is already gray (mean Lab chroma {float(chroma.mean()):.1f}, "
-                                f"under {MIN_CHROMA}), so it has no colour to give; use a colour photo")
+    check_colour(lab, opaque, name)
 
     P = encoder_features(netG, L_photo, stride)
     R = encoder_features(netG, lab[:, :1] / 50 - 1, stride)

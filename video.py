@@ -578,7 +578,7 @@ def flicker(frames_lab):
     return float(np.mean(values)) if values else float("nan")
 
 
-def _js(p, q):
+def js_divergence(p, q):
     """Jensen-Shannon divergence of two histograms (natural log, 0..ln 2)."""
     m = (p + q) / 2
 
@@ -601,7 +601,7 @@ def cdc(frames_rgb, gaps=(1, 2, 4)):
         hists.append([np.bincount(rgb[..., c].ravel(), minlength=256) / rgb[..., c].size for c in range(3)])
     per_gap = []
     for k in gaps:
-        pairs = [np.mean([_js(a[c], b[c]) for c in range(3)]) for a, b in zip(hists, hists[k:])]
+        pairs = [np.mean([js_divergence(a[c], b[c]) for c in range(3)]) for a, b in zip(hists, hists[k:])]
         if pairs:
             per_gap.append(float(np.mean(pairs)))
     if not per_gap:

@@ -166,3 +166,55 @@ def test_hints_of_the_augmented_truth_beat_the_automatic_result():
         guided = np.asarray(colorizer.colorize(gray, hints=hints), np.float32) / 255
         gains.append(psnr(guided, truth) - psnr(auto, truth))
     assert min(gains) > 0 and np.mean(gains) > 1.5, gains
+
+
+# -----------------------------------------------------------------------------
+# Through the API and the command line: Colorizer.colorize(reference=), --infer / --eval --reference
+
+def test_colorize_with_a_reference_is_the_colorize_with_its_hints(tmp_path):
+    """reference= is exactly the hints reference_hints gives, merged under the user's."""
+    path = tiny_checkpoint(tmp_path / "tiny.pt", HINT_INPUT=True)
+    colorizer = Colorizer.load(path, "cpu", render_size=64, saturation=1)
+    rgb = photo(80, 64, seed=4)
+    ref = rgb[:, ::-1]  # its mirror: every cell has a match
+    small = photo_L(rgb.astype(np.float32) / 255, 64)
+    hints = reference_hints(colorizer.network.netG, small, ref, (80, 64), min_similarity=0.0)
+    assert hints
+    got = np.asarray(colorizer.colorize(rgb, reference=ref), int)
+    want = np.asarray(colorizer.colorize(rgb, hints=hints), int)
+    assert np.abs(got - want).max() <= 1 or not reference_hints(colorizer.network.netG, small, ref, (80, 64))
+    mine = [(5, 5, "#ff0000")]
+    merged = merge_hints(reference_hints(colorizer.network.netG, small, ref, (80, 64)), mine, 80, 64, 64, 51)
+    assert merged[-1] == mine[0]
+
+
+def test_infer_and_eval_with_a_reference_on_the_command_line(tmp_path):
+    from conftest import run_cli
+    weights = tiny_checkpoint(tmp_path / "tiny.pt", HINT_INPUT=True)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(photo(48, 40, seed=i)).save(photos / f"p{i}.png")
+    Image.fromarray(photo(48, 40, seed=9)).save(tmp_path / "ref.png")
+    Image.fromarray(photo(48, 40, seed=9)).convert("L").save(tmp_path / "gray_ref.png")
+    common = ["--weights", weights, "--device", "cpu", "--render-size", "32"]
+    r = run_cli("--infer", photos, "--reference", tmp_path / "ref.png", "--out", tmp_path / "out", *common)
+    assert r.returncode == 0 and "colorized 3 of 3" in r.stdout, r.stderr
+    for bad, said in ((tmp_path / "gray_ref.png", "it is already gray"), (tmp_path / "none.png", "does not exist")):
+        r = run_cli("--infer", photos, "--reference", bad, "--out", tmp_path / "out2", *common)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and str(bad) in r.stderr and said in r.stderr, r.stderr
+        assert not (tmp_path / "out2").exists()  # refused before any work
+    r = run_cli("--eval", photos, "--reference", "truth-aug", "--out", tmp_path / "ev", *common)
+    assert r.returncode == 0, r.stderr
+    assert "automatic" in r.stdout and "ab divergence from the reference" in r.stdout
+    import json
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["reference"] == "truth-aug" and {"ours", "automatic", "gray"} <= set(summary)
+    assert "ab_divergence" in summary["ours"] and "ab_divergence" in summary["automatic"]
+    refs = tmp_path / "refs"  # a folder of references named like the photos: p1 has none
+    refs.mkdir()
+    for i in (0, 2):
+        Image.fromarray(photo(48, 40, seed=20 + i)).save(refs / f"p{i}.jpg")
+    r = run_cli("--eval", photos, "--reference", refs, "--out", tmp_path / "ev2", *common)
+    assert r.returncode == 1 and "failed: p1.png: no reference photo p1.* in" in r.stderr, r.stderr
+    assert "2 colour photos" in r.stdout
