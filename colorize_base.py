@@ -476,6 +476,8 @@ def main(argv=None):
             train(cfg, fresh=args.fresh)
             return 0
         if args.export is not None:
+            if not args.export.strip():
+                raise UserError(f"--export needs a file name (model.pt or model.onnx), got {args.export!r}")
             write = export_onnx if args.export.lower().endswith(".onnx") else export
             step = write(cfg["WEIGHTS"], os.path.abspath(args.export), args.about)
             print(f"wrote {display_name(os.path.abspath(args.export))} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
