@@ -142,6 +142,7 @@ class Session:
 
     def __init__(self, root):
         self.photos, self.current, self.folder, self.added = [], 0, tempfile.mkdtemp(dir=root), 0
+        self.reference = None  # a colour photo whose colours guide every photo, or None
         self.zipped = None  # the PNGs (path, mtime) that colorized.zip holds
         self.cached = set()  # Gradio's copies of this session's files: uploads, and each file the page showed
 
@@ -235,9 +236,10 @@ def build_app(colorizer, root=None):
         render_size, saturation = page_settings(render_size, saturation)
         t = time.perf_counter()
         p["colour"] = colorizer.colorize(p["path"] if preview is None else preview, render_size=render_size,
-                                         saturation=saturation, hints=p["hints"] or None)
+                                         saturation=saturation, hints=p["hints"] or None, reference=session.reference)
         save_fast(p["colour"], session.output_path(i))
-        p["seconds"], p["settings"], p["preview"] = time.perf_counter() - t, (render_size, saturation), preview is not None
+        p["seconds"], p["preview"] = time.perf_counter() - t, preview is not None
+        p["settings"] = (render_size, saturation, session.reference)
 
     def view(session, message=""):
         """Everything the page shows for the current photo."""
@@ -296,18 +298,33 @@ def build_app(colorizer, root=None):
         session.current = i
         return fresh(session, render_size, saturation)
 
-    def fresh(session, render_size, saturation):
+    def fresh(session, render_size, saturation, message=""):
         """The current photo, re-rendered first when the settings changed since it was made."""
         p = session.photo()
         try:
-            if p["preview"] or p["settings"] != page_settings(render_size, saturation):
+            if p["preview"] or p["settings"] != (*page_settings(render_size, saturation), session.reference):
                 render(session, session.current, render_size, saturation)
         except UserError as e:
             return view(session, f"**Not applied:** {e}")
-        return view(session)
+        return view(session, message)
 
     def settings_changed(session, render_size, saturation):  # only the photo in view: the others when chosen
         return fresh(session, render_size, saturation) if session and session.photos else view(session)
+
+    def set_reference(session, path, render_size, saturation):
+        """A reference photo dropped (or removed: path None): checked, then the photo in view re-rendered
+        with it; the others when they are chosen."""
+        session, message = session or Session(root), ""
+        if path:
+            session.cached.add(path)  # the upload: forgotten with the photos
+            try:
+                import reference as matching  # torch, as the reference needs
+                colorizer._check_reference()
+                matching.check_reference(path, colorizer.max_pixels)
+            except (UserError, HintError) as e:
+                path, message = None, f"**Reference not used:** {e}"
+        session.reference = path or None
+        return fresh(session, render_size, saturation, message) if session.photos else view(session, message)
 
     def remove_photo(session):
         if session and session.photos:
@@ -389,6 +406,8 @@ def build_app(colorizer, root=None):
                 gallery = gr.Gallery(label="Your photos (click one to work on it)", columns=4, height=200,
                                      allow_preview=False, object_fit="cover", elem_id="thumbs")
                 remove_photo_btn = gr.Button("Remove this photo", size="sm", elem_id="remove-photo")
+                reference = gr.Image(type="filepath", sources=["upload"], height=140, elem_id="reference",
+                                     label="Reference colour photo (optional): its colours go where it matches")
                 hint_toggle = gr.Checkbox(False, label="Add colour hints (click the photo)", elem_id="hint-mode")
                 with gr.Group(visible=False) as hint_tools:
                     colour = gr.ColorPicker(value=PRESETS["brick red"], label="Hint colour", elem_id="colour")
@@ -425,6 +444,7 @@ def build_app(colorizer, root=None):
         files.upload(add_photos, [session, files] + settings, outputs + [files])
         gallery.select(choose, [session] + settings, outputs)
         remove_photo_btn.click(remove_photo, [session], outputs)
+        reference.change(set_reference, [session, reference] + settings, outputs)
         for slider in settings:
             slider.release(settings_changed, [session] + settings, outputs)
         hint_toggle.change(hint_mode, hint_toggle, [result, compare, hint_tools])

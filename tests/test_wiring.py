@@ -357,3 +357,21 @@ def test_a_log_of_an_older_version_keeps_its_rows_under_the_new_columns(tmp_path
     rows = list(csv.DictReader(open(path, newline="")))
     assert list(rows[0]) == list(runtime.CSVLog.COLUMNS) and len(rows) == 2  # the row past the checkpoint dropped
     assert rows[1]["loss_G_L1"] == "5" and rows[1]["images_per_s"] == "7" and rows[1]["loss_G_CF"] == ""
+
+
+def test_page_reference_photo_guides_the_photo_and_a_gray_one_is_a_message(tmp_path):
+    pytest.importorskip("gradio")
+    import webapp
+    colorizer = Colorizer.load(tiny_checkpoint(tmp_path / "hints.pt", HINT_INPUT=True), "cpu")
+    fns = {f.name: f.fn for f in webapp.build_app(colorizer).fns.values()}
+    rgb = photo(64, 48, seed=2)
+    Image.fromarray(rgb).convert("L").save(tmp_path / "a.png")
+    Image.fromarray(np.ascontiguousarray(rgb[:, ::-1])).save(tmp_path / "ref.png")  # its colour mirror: it matches
+    session = list(fns["add_photos"](None, [str(tmp_path / "a.png")], 256, 1.0))[-1][0]
+    shown = fns["set_reference"](session, str(tmp_path / "ref.png"), 256, 1.0)
+    assert session.reference == str(tmp_path / "ref.png") and session.photo()["settings"][2] == session.reference
+    want = colorizer.colorize(str(tmp_path / "a.png"), render_size=256, saturation=1.0, reference=str(tmp_path / "ref.png"))
+    assert np.array_equal(np.asarray(session.photo()["colour"]), np.asarray(want)), shown[-1]
+    shown = fns["set_reference"](session, str(tmp_path / "a.png"), 256, 1.0)  # a gray photo has no colour to give
+    assert "Reference not used" in shown[-1] and "already gray" in shown[-1] and session.reference is None
+    assert session.photo()["settings"][2] is None  # re-rendered without it
