@@ -487,6 +487,33 @@ def format_film(results, m):
 
 
 # -----------------------------------------------------------------------------
+# Reference photos
+
+def bench_reference(weights, side, render_size, repeats):
+    """reference.reference_hints for a side x side photo (its L at render size included) and a side x
+    side reference, its mirror image: median seconds, and Colorizer.colorize with and without it."""
+    import reference as matching
+    colorizer = Colorizer.load(weights, device="cpu", render_size=render_size, threads=torch.get_num_threads())
+    rgb = synthetic_photo(side)
+    gray, mirror = np.repeat(rgb.mean(2, keepdims=True), 3, 2), np.ascontiguousarray(rgb[:, ::-1])
+    netG = colorizer.network.netG
+
+    def timed(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    return {"photo": f"{side}x{side}", "render_px": render_size,
+            "matching_s": timed(lambda: matching.reference_hints(netG, matching.photo_L(gray, render_size), mirror,
+                                                                  (side, side))),
+            "colorize_s": timed(lambda: colorizer.colorize(gray)),
+            "colorize_with_reference_s": timed(lambda: colorizer.colorize(gray, reference=mirror))}
+
+
+# -----------------------------------------------------------------------------
 # Report
 
 def format_report(report):
@@ -564,6 +591,9 @@ def build_parser():
                                                               "outputs compared pixel by pixel on these photos")
     p.add_argument("--film", nargs="+", metavar="WxHxFRAMES", help="instead of the full report: --infer of synthetic "
                    "gray clips, e.g. 432x320x250 1280x720x15000 (10 minutes at 25 fps): frames/s and RSS over the run")
+    p.add_argument("--reference", action="store_true", help="instead of the full report: matching a 1024 px "
+                   "reference photo to a 1024 px photo (reference.py) at render 256 and 512, and colorize with and "
+                   "without it")
     p.add_argument("--weights", default=cb.resolve_path(cb.CONSTANTS["WEIGHTS"]), help="with --engines and --agree: the model")
     p.add_argument("--mem-budget-gb", type=float, default=16.0, help="memory budget for the largest batch, GB")
     p.add_argument("--data", default=cb.CONSTANTS["DATA_DIR"],
@@ -631,6 +661,16 @@ def main(argv=None):
         print(f"{len(rows)} photos: at most {worst['share_over_1']:.2e} of channel values more than 1/255 apart "
               f"({worst['photo']}); largest difference {max(r['max'] for r in rows)}/255")
         write_json({"machine": machine_info(device), "agree": rows}, args.out)
+        return 0
+    if args.reference:
+        results = [bench_reference(args.weights, 1024, r, args.repeats) for r in (256, 512)]
+        m = machine_info(device)
+        print(f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}); torch {m['torch']}")
+        for r in results:
+            print(f"reference, {r['photo']} photo and reference at render {r['render_px']}: matching "
+                  f"{r['matching_s']:.3f} s; colorize {r['colorize_s']:.3f} s, with the reference "
+                  f"{r['colorize_with_reference_s']:.3f} s")
+        write_json({"machine": m, "reference": results}, args.out)
         return 0
     if args.film:
         try:
