@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from files import UserError, check_model_file, short_reason
+from files import ABSENT_MEANS, UserError, check_model_file, short_reason
 from hints import HINT_CHANNELS
 
 try:
@@ -152,7 +152,7 @@ class OnnxNetwork:
                             f"export one with --export model.onnx)")
         try:
             meta = json.loads(meta)
-            self.cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["cfg"].items()}  # as torch's
+            self.cfg = {**ABSENT_MEANS, **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["cfg"].items()}}
             self.multiple, version = int(meta["multiple"]), int(meta["format_version"])
             self.attention = min(self.cfg.get("ATTN_FACTORS") or (0,))  # the finest level with attention; 0: none
         except (ValueError, KeyError, TypeError, AttributeError) as e:

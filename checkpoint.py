@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from files import (UserError, atomic_write, check_model_file, check_writable_target, describe_os_error, display_name,
+from files import (ABSENT_MEANS, UserError, atomic_write, check_model_file, check_writable_target, describe_os_error, display_name,
                    refuse_inputs_as_output, short_reason)
 from models import build_generator, with_hint_input
 
@@ -58,12 +58,6 @@ def load_checkpoint(path):
     if bad:
         raise UserError(f"{path}: damaged checkpoint: netG_ema entry {bad[0]!r} is not a tensor")
     return ckpt
-
-
-# What a constant that a file lacks meant: the value it had before it existed, so an old file keeps
-# meaning what it meant when its default has changed since. A constant added later goes here.
-ABSENT_MEANS = {"ENCODER": "unet", "HINT_INPUT": False, "HINT_DECODER": False, "EXPOSURE": 0.0, "MOSAIC": 0.0, "LAMBDA_PERC": 0.0,
-                "LAMBDA_CF": 0.0, "FREEZE_STEPS": 0, "NOGAN_STEPS": 0}
 
 
 def file_constants(ckpt, defaults):
