@@ -98,7 +98,7 @@ class Colorizer:
         h, w = render_shape(H, W, render_size)
         planes = self._hint_input(hints, W, H, w, h, saturation) if hints else None  # checked before any work
         if reference is not None:
-            self._check_reference()
+            self.check_reference()
 
         # 1. the luminance at render size (longer side render_size, never enlarged), area-averaged:
         #    each band is averaged across the width here, the rows below, so full-size L is never held
@@ -139,13 +139,19 @@ class Colorizer:
             result.putalpha(Image.fromarray(alpha))
         return result
 
-    def _check_reference(self):
+    def check_reference(self, reference=None):
+        """HintError or UserError in one line unless a reference photo can guide this model's photos:
+        it must take hints and run on torch (its encoder does the matching); and, when reference is
+        given, it must be readable, within max_pixels and in colour (reference.check_reference)."""
         if not self.takes_hints:
             raise HintError("this model takes no colour hints, so a reference photo cannot guide it (it was "
                             "trained without HINT_INPUT)")
         if not isinstance(self.network, TorchNetwork):
             raise UserError("a reference photo needs the torch backend (the model's encoder matches the two "
                             "photos): a .pt model with --backend torch")
+        if reference is not None:
+            import reference as matching  # torch: the torch backend has it
+            matching.check_reference(reference, self.max_pixels)
 
     def _hint_input(self, hints, W, H, w, h, saturation):
         """The network's hint planes for hints on a W x H photo rendered at w x h, padded with zeros."""
@@ -272,9 +278,7 @@ def colorize_files(colorizer, inputs, out_dir, debug=False, hints_file=None, tem
     that guides every photo (Colorizer.colorize), refused before any work when it cannot. Returns the
     number that failed."""
     if reference is not None:
-        import reference as matching  # needs torch, as the reference does
-        colorizer._check_reference()
-        matching.check_reference(reference, colorizer.max_pixels)
+        colorizer.check_reference(reference)
     files, failed, unreadable, empty = [], [], [], []
     for p in inputs:  # a missing input, or a folder without images, is reported; the others still run
         n_unreadable = len(unreadable)

@@ -161,7 +161,7 @@ def references(spec, colorizer):
     the photo's own truth cropped, flipped and rescaled (reference.augmented_truth, a seed fixed by its
     name); else a folder holding, for each photo, a colour photo of the same stem (the first found)."""
     import reference as matching
-    colorizer._check_reference()
+    colorizer.check_reference()
     if spec == TRUTH_AUG:
         def augmented(path, truth):
             seed = zlib.crc32(os.path.basename(path).encode("utf-8", "surrogateescape") + b"/reference")

@@ -347,7 +347,7 @@ class FrameFolder:
         self.height, self.width = self.rgb(self.files[0]).shape[:2]
 
     def identity(self):
-        listing = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in self.files]
+        listing = [(os.path.basename(f), st.st_size, st.st_mtime_ns) for f, st in zip(self.files, map(os.stat, self.files))]
         return {"frames": self.frame_count, "rate": str(self.rate),
                 "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
 

@@ -25,7 +25,7 @@ from PIL import ImageDraw  # noqa: E402
 
 from colorizer import failure_reason  # noqa: E402
 from files import UserError, describe_os_error, display_name, sigterm_as_interrupt  # noqa: E402
-from hints import HintError, hex_color, hints_json, parse_color, read_hints  # noqa: E402
+from hints import SIDECAR_SUFFIX, HintError, hex_color, hints_json, parse_color, read_hints  # noqa: E402
 from images import BadImageError  # noqa: E402
 
 PRESETS = {  # name: colour of a hint; only hue and saturation count, the photo keeps its lightness
@@ -192,7 +192,7 @@ class Session:
         """Photo i out of the list, its files off the disk (Gradio's copies go with forget())."""
         for kind in ("", "gray", "marked"):
             remove_file(self.output_path(i, kind))
-        remove_file(os.path.join(self.folder, os.path.splitext(self.photos[i]["name"])[0] + ".hints.json"))
+        remove_file(self.hints_path(i))
         del self.photos[i]
         self.current = min(self.current, max(len(self.photos) - 1, 0))
         self.zipped = None
@@ -201,6 +201,11 @@ class Session:
         """Where photo i's PNG is written (kind "gray" and "marked": the page's other views of it)."""
         stem = os.path.splitext(self.photos[i]["name"])[0]
         return os.path.join(self.folder, f"{self.photos[i].get('id', i + 1):03d}{kind}_{stem}.png")
+
+    def hints_path(self, i):
+        """Where photo i's hints are written for "Save hints": photo.hints.json, the name --infer reads
+        beside photo.jpg."""
+        return os.path.join(self.folder, os.path.splitext(self.photos[i]["name"])[0] + SIDECAR_SUFFIX)
 
     def download(self):
         """One photo: its PNG; several: a zip of all."""
@@ -249,7 +254,7 @@ def build_app(colorizer, root=None):
                     gr.update(choices=[], value=[]), None, message)
         thumbs = [(session.output_path(i), f"{i + 1}. {q['name']}") for i, q in enumerate(session.photos)]
         hints = [f"{k + 1}: ({x}, {y}) {c}" for k, (x, y, c) in enumerate(p["hints"])]
-        hints_file = os.path.join(session.folder, os.path.splitext(p["name"])[0] + ".hints.json")
+        hints_file = session.hints_path(session.current)
         with open(hints_file, "w") as f:
             f.write(hints_json(p["hints"]))
         state = "preview; the full photo follows" if p["preview"] else f"colorized in {p['seconds']:.2f} s"
@@ -318,9 +323,7 @@ def build_app(colorizer, root=None):
         if path:
             session.cached.add(path)  # the upload: forgotten with the photos
             try:
-                import reference as matching  # torch, as the reference needs
-                colorizer._check_reference()
-                matching.check_reference(path, colorizer.max_pixels)
+                colorizer.check_reference(path)
             except (UserError, HintError) as e:
                 path, message = None, f"**Reference not used:** {e}"
         session.reference = path or None
