@@ -5,7 +5,7 @@ frames (input on top, each film below).
     python colorize_base.py --infer ../shared/datasets/video/abomb_1952.mp4 --out /tmp/filtered
     python colorize_base.py --infer ../shared/datasets/video/abomb_1952.mp4 --temporal 0 --out /tmp/alone
     python tools/film_metrics.py /tmp/filtered/abomb_1952.mp4 /tmp/alone/abomb_1952.mp4 \\
-        --input ../shared/datasets/video/abomb_1952.mp4 --json results/film_abomb_v2.json \\
+        --input ../shared/datasets/video/abomb_1952.mp4 --json results/film_abomb_v3.json \\
         --strip doc_images/film_abomb_strip.jpg --frames 20,43,44,100,133,134,250,298,299,340
 """
 import argparse
