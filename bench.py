@@ -440,7 +440,7 @@ def synthetic_clip(path, w, h, frames, fps=25):
         out.mux(stream.encode(None))
 
 
-def bench_film(weights, w, h, frames, render_size, folder):
+def bench_film(weights, w, h, frames, render_size, folder, fps=25):
     """--infer of a synthetic w x h clip of frames frames (colorize_video, the temporal filter on):
     frames per second, and the resident memory (RSS) of the process, sampled every second, from
     loading the model on: its peak, and its mean over the first and the last tenth of the run (equal
@@ -448,9 +448,9 @@ def bench_film(weights, w, h, frames, render_size, folder):
     import threading
 
     import video
-    clip, out = os.path.join(folder, f"clip_{w}x{h}_{frames}.mp4"), os.path.join(folder, f"out_{w}x{h}.mp4")
+    clip, out = os.path.join(folder, f"clip_{w}x{h}_{frames}_{fps}.mp4"), os.path.join(folder, f"out_{w}x{h}.mp4")
     if not os.path.exists(clip):
-        synthetic_clip(clip, w, h, frames)
+        synthetic_clip(clip, w, h, frames, fps)
     colorizer = Colorizer.load(weights, device="cpu", render_size=render_size, threads=torch.get_num_threads())
     samples, done = [], threading.Event()
 
@@ -465,7 +465,7 @@ def bench_film(weights, w, h, frames, render_size, folder):
     done.set()
     sampler.join()
     tenth = max(1, len(samples) // 10)
-    return {"film": f"{w}x{h}", "frames": stats["frames"], "render_px": render_size, "seconds": seconds,
+    return {"film": f"{w}x{h}", "frames": stats["frames"], "fps": fps, "render_px": render_size, "seconds": seconds,
             "frames_per_s": stats["frames"] / seconds, "rss_peak_bytes": max(samples or [_rss_bytes()]),
             "rss_first_tenth_bytes": statistics.mean(samples[:tenth] or [0]),
             "rss_last_tenth_bytes": statistics.mean(samples[-tenth:] or [0])}
@@ -480,7 +480,8 @@ def format_film(results, m):
     lines = [f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}); torch {m['torch']}",
              "film: --infer of a synthetic gray clip (temporal filter on); frames/s, RSS GB (peak; first / last tenth)"]
     for r in results:
-        lines.append(f"{r['film']:>9}, {r['frames']} frames at render {r['render_px']}: {r['frames_per_s']:.2f} frames/s "
+        lines.append(f"{r['film']:>9}, {r['frames']} frames ({r['frames'] / r.get('fps', 25) / 60:.1f} min at {r.get('fps', 25)} fps) "
+                     f"at render {r['render_px']}: {r['frames_per_s']:.2f} frames/s "
                      f"({r['seconds']:.0f} s); RSS {r['rss_peak_bytes'] / GB:.2f} GB (first tenth "
                      f"{r['rss_first_tenth_bytes'] / GB:.2f}, last {r['rss_last_tenth_bytes'] / GB:.2f})")
     return "\n".join(lines)
@@ -589,8 +590,9 @@ def build_parser():
                                                           "1024 px and 4096x3072")
     p.add_argument("--agree", nargs="+", metavar="PATH", help="instead of the full report: torch and onnxruntime "
                                                               "outputs compared pixel by pixel on these photos")
-    p.add_argument("--film", nargs="+", metavar="WxHxFRAMES", help="instead of the full report: --infer of synthetic "
-                   "gray clips, e.g. 432x320x250 1280x720x15000 (10 minutes at 25 fps): frames/s and RSS over the run")
+    p.add_argument("--film", nargs="+", metavar="WxHxFRAMES[xFPS]", help="instead of the full report: --infer of "
+                   "synthetic gray clips, e.g. 432x320x250 1280x720x15000 (10 minutes at 25 fps, the default frame "
+                   "rate), 1280x720x1200x2 (10 minutes at 2 fps): frames/s and RSS over the run")
     p.add_argument("--reference", action="store_true", help="instead of the full report: matching a 1024 px "
                    "reference photo to a 1024 px photo (reference.py) at render 256 and 512, and colorize with and "
                    "without it")
@@ -675,12 +677,13 @@ def main(argv=None):
     if args.film:
         try:
             films = [tuple(int(v) for v in spec.lower().split("x")) for spec in args.film]
-            assert all(len(f) == 3 and min(f) > 0 for f in films)
+            assert all(len(f) in (3, 4) and min(f) > 0 for f in films)
         except (ValueError, AssertionError):
-            print(f"error: --film takes WxHxFRAMES, e.g. 432x320x250, got {' '.join(args.film)}", file=sys.stderr)
+            print(f"error: --film takes WxHxFRAMES or WxHxFRAMESxFPS, e.g. 432x320x250, got {' '.join(args.film)}",
+                  file=sys.stderr)
             return 2
         with tempfile.TemporaryDirectory() as folder:
-            results = [run_isolated(bench_film, args.weights, w, h, n, args.render_size, folder) for w, h, n in films]
+            results = [run_isolated(bench_film, args.weights, *film[:3], args.render_size, folder, *film[3:]) for film in films]
         print(format_film(results, machine_info(device)))
         write_json({"machine": machine_info(device), "film": results}, args.out)
         return 0
