@@ -70,8 +70,10 @@ class Colorizer:
         saturation: the predicted ab is multiplied by it (in Lab, after the network): 1 as predicted,
         0 gray, above 1 more colourful, at most MAX_SATURATION; None: the Colorizer's (SATURATION).
         reference: a colour photo (path, PIL image or array) whose colours guide this one: the parts of
-        it that match parts of the photo (reference.reference_hints) become hints; the user's hints
-        win where they are. Needs a hint model on the torch backend (its encoder does the matching).
+        it that match parts of the photo become hints, and its palette is laid over the result as far
+        as the two photos look alike (reference.reference_guide, apply_palette); the user's hints win
+        where they are, and with them no palette is laid. Needs a hint model on the torch backend (its
+        encoder does the matching).
         Colour in the input is discarded. The network sees the luminance resized so that its longer
         side is render_size (never enlarged); the predicted ab is upsampled to the original size and
         joined with the original full-resolution L, in bands, so memory stays bounded on huge photos.
@@ -114,16 +116,22 @@ class Colorizer:
                 alpha = np.empty((H, W), np.uint8) if alpha is None else alpha
                 alpha[y0:y1] = np.round(a * 255)
         small = np.clip(area_resize(L_w, h, axis=2), -1, 1)
+        guide = None
         if reference is not None:  # the reference's matched colours as hints, the user's over them
             import reference as matching  # torch: the torch backend has it
-            hints = matching.merge_hints(matching.reference_hints(self.network.netG, small, reference, (W, H),
-                                                                  max_pixels=self.max_pixels), list(hints or []), W, H, w, h)
+            guide = matching.reference_guide(self.network.netG, small, reference, (W, H), max_pixels=self.max_pixels)
+            user_hints = list(hints or [])
+            hints = matching.merge_hints(guide.hints, user_hints, W, H, w, h)
             planes = self._hint_input(hints, W, H, w, h, saturation) if hints else None
+            if user_hints:  # the user's own colours are not to be moved toward the reference's palette
+                guide = None
 
         # 2. the network, on the luminance padded to its multiple (repeating the edge)
         fake_B = self.network(pad_to(small, self.network.multiple, "edge"), planes)[..., :h, :w]
         if saturation != 1:
             fake_B = fake_B * np.float32(saturation)  # clamped to the ab range when converted back
+        if guide is not None:  # as far as the photos look alike, the reference's palette over the whole
+            fake_B = matching.apply_palette(fake_B, guide)
 
         # 3. ab upsampled to full size (bilinear, separable: the width once, the rows per band) and
         #    joined with the full-resolution L, band by band

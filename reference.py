@@ -9,13 +9,17 @@ at least MIN_SIMILARITY), unambiguous (MIN_MARGIN over the best match outside th
 neighbourhood) and mutually consistent (the reference cell's own best match lies within one cell
 of where it came from). A reference of which too few cells match (MIN_MATCHED_SHARE) gives no
 hints at all. Each kept match gives a hint at its photo cell with the reference cell's
-mean colour; the network takes its ab and keeps the photo's lightness. A reference that matches
-nothing gives few or no hints, so the photo stays close to the automatic result.
+mean colour; the network takes its ab and keeps the photo's lightness. Then the reference's palette
+(the mean and covariance of its ab) is laid over the whole result (apply_palette) as far as the two
+photos look alike as wholes (PALETTE_SIMILARITY): two dogs share little cell by cell but much as
+wholes. A reference that matches nothing gives few or no hints and no palette, so the photo stays
+close to the automatic result.
 
 augmented_truth makes the oracle reference of exemplar papers: the photo's own truth cropped,
 flipped and rescaled, so positions differ and colours are right.
 """
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,8 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from files import UserError, display_name
-from images import (image_to_array, lab_to_net, lab_to_rgb, load_image, photo_to_render, render_shape, render_to_photo, rgb_to_L,
-                    rgb_to_lab)
+from images import (AB_SCALE, image_to_array, lab_to_net, lab_to_rgb, load_image, photo_to_render, render_shape,
+                    render_to_photo, rgb_to_L, rgb_to_lab)
 from models import PretrainedUnetGenerator, gray_from_L, imagenet_input
 
 MATCH_STRIDE = 8            # 8 or 16; render pixels per matched cell (the encoder level the features come from)
@@ -37,6 +41,16 @@ MIN_MATCHED_SHARE = 0.012   # share of the photo's cells that must match, else n
 MAX_REFERENCE_HINTS = 48    # most hints one reference gives (training drew at most hints.MAX_TRAIN_HINTS = 50)
 MIN_CHROMA = 3.0            # Lab chroma; a reference whose mean chroma is below this has no colour to give
 MAX_PIXELS = 100_000_000    # as MAX_PIXELS in colorize_base.py: a larger reference is refused
+# The reference's palette (the mean and covariance of its ab) is laid over the whole result, as far as
+# the two photos look alike: by the cosine similarity of their mean encoder features, from nothing at
+# the first number to fully at the second, by encoder. Chosen on pairs of photos/train (60 same-kind
+# and 60 unrelated, tools/reference_pairs.py --data photos/train) so that unrelated references stay
+# near the automatic result; photos/val is where it is reported.
+PALETTE_SIMILARITY = {"unet": (0.85, 1.0), "efficientnet_lite": (0.55, 0.75)}
+# Lab chroma of the network's colour: what is under the first stays (the white and gray of
+# metrics.NEUTRAL_CHROMA), from the second on (metrics.FALSE_CHROMA, a clear colour) it moves fully
+PALETTE_CHROMA = (8.0, 20.0)
+MAX_SPREAD = 1.0            # the palette may narrow the spread of the network's colours, not widen it
 
 
 class BadReferenceError(UserError, ValueError):
@@ -138,9 +152,14 @@ def cell_means(x, stride):
     return F.avg_pool2d(padded, stride) / count
 
 
+def encoder_kind(netG):
+    """The key of MIN_SIMILARITY and PALETTE_SIMILARITY for netG's encoder."""
+    return "efficientnet_lite" if isinstance(netG, PretrainedUnetGenerator) else "unet"
+
+
 def default_similarity(netG):
     """MIN_SIMILARITY for netG's encoder."""
-    return MIN_SIMILARITY["efficientnet_lite" if isinstance(netG, PretrainedUnetGenerator) else "unet"]
+    return MIN_SIMILARITY[encoder_kind(netG)]
 
 
 def match_cells(P, R, grid_P, grid_R, min_similarity=0.0, min_margin=MIN_MARGIN, usable=None):
@@ -190,10 +209,28 @@ def spread(cells, scores, grid, max_hints):
     return chosen[:max_hints]
 
 
+class Guide(NamedTuple):
+    """What a reference gives a photo: hints [(x, y, (r, g, b)), ...] where parts of it match; the
+    similarity (cosine, -1..1) of the two photos' mean encoder features; the mean (2,) and covariance
+    (2, 2) of the reference's ab (Lab units, its opaque pixels); and the strength (0..1) with which
+    apply_palette lays that palette over the result."""
+    hints: list
+    similarity: float
+    ab_mean: np.ndarray
+    ab_cov: np.ndarray
+    strength: float
+
+
+def reference_hints(netG, L_photo, reference, photo_size=None, **kw):
+    """The colour hints [(x, y, (r, g, b)), ...] (r, g, b in 0..255) that a reference colour photo
+    gives a photo: reference_guide(...).hints."""
+    return reference_guide(netG, L_photo, reference, photo_size, **kw).hints
+
+
 @torch.inference_mode()
-def reference_hints(netG, L_photo, reference, photo_size=None, max_hints=MAX_REFERENCE_HINTS, stride=MATCH_STRIDE,
+def reference_guide(netG, L_photo, reference, photo_size=None, max_hints=MAX_REFERENCE_HINTS, stride=MATCH_STRIDE,
                     min_similarity=None, min_margin=MIN_MARGIN, max_pixels=MAX_PIXELS):
-    """Colour hints [(x, y, (r, g, b)), ...] (r, g, b in 0..255) that a reference colour photo gives a photo.
+    """The Guide a reference colour photo gives a photo: its matched hints and its palette.
 
     netG: a loaded generator (checkpoint.load_generator); its encoder does the matching.
     L_photo: the photo's L at render size, (1, 1, h, w) array or tensor in [-1, 1] (photo_L; in
@@ -224,20 +261,53 @@ def reference_hints(netG, L_photo, reference, photo_size=None, max_hints=MAX_REF
     R = encoder_features(netG, lab[:, :1] / 50 - 1, stride)
     grid_P, grid_R = (-(-h // stride), -(-w // stride)), (-(-hr // stride), -(-wr // stride))
     usable = (cell_means(opaque, stride) >= 0.5).flatten()
+    ab = lab[0, 1:][:, opaque[0, 0] >= 0.5].double()                         # (2, n) the opaque pixels' ab
+    similarity = float(F.normalize(P.mean(0), dim=0) @ F.normalize(R[usable].mean(0), dim=0))
+    start, full = PALETTE_SIMILARITY[encoder_kind(netG)]
+    guide = Guide([], similarity, ab.mean(1).cpu().numpy(), torch.cov(ab).reshape(2, 2).cpu().numpy(),
+                  float(np.clip((similarity - start) / (full - start), 0, 1)))
     if min_similarity is None:
         min_similarity = default_similarity(netG)
     cells, matched, sim = match_cells(P, R, grid_P, grid_R, min_similarity, min_margin, usable)
     if len(cells) == 0 or len(cells) < MIN_MATCHED_SHARE * len(P) or max_hints <= 0:
-        return []
+        return guide
     cell_lab = cell_means(lab, stride).flatten(2)[..., matched, None]        # (1, 3, n, 1): each matched cell's mean Lab
     colours = lab_to_rgb(cell_lab)[0, :, :, 0].T                            # (n, 3)
-    hints = []
     for i in spread(cells, sim, grid_P, max_hints):
         r, c = divmod(int(cells[i]), grid_P[1])
         r, c = min(r * stride + stride // 2, h - 1), min(c * stride + stride // 2, w - 1)  # the cell's centre
         x, y = render_to_photo(r, c, W, H, w, h)
-        hints.append((x, y, tuple(round(255 * float(v), 2) for v in colours[i])))
-    return hints
+        guide.hints.append((x, y, tuple(round(255 * float(v), 2) for v in colours[i])))
+    return guide
+
+
+def _sqrtm(C):
+    """The square root of a symmetric positive semi-definite 2x2 matrix."""
+    w, V = np.linalg.eigh(C)
+    return (V * np.sqrt(np.clip(w, 0, None))) @ V.T
+
+
+def apply_palette(fake_B, guide):
+    """The network's ab (1, 2, h, w) in network scaling, moved toward the reference's palette with
+    guide.strength: the linear map that takes the ab's mean and covariance to the reference's
+    (Monge-Kantorovich, as in Pitie and Kokaram 2007's colour transfer), fitted to and laid on the
+    pixels of clear colour, blended in by strength and by each pixel's chroma (PALETTE_CHROMA), so
+    what the network left white or gray stays so."""
+    if guide.strength <= 0:
+        return fake_B
+    ab = fake_B[0].reshape(2, -1).astype(np.float64) * AB_SCALE
+    low, high = PALETTE_CHROMA
+    weight = np.clip((np.hypot(*ab) - low) / (high - low), 0, 1)          # the pixels that move, and how far
+    if weight.sum() < 1:
+        return fake_B
+    mean = (ab * weight).sum(1, keepdims=True) / weight.sum()              # the statistics of what moves
+    cov = np.cov(ab, aweights=weight) + np.eye(2) if (weight > 0).sum() > 1 else np.eye(2)  # + 1: no spread is no map
+    root = _sqrtm(cov)
+    inv = np.linalg.inv(root)
+    w, V = np.linalg.eigh(inv @ _sqrtm(root @ (guide.ab_cov + np.eye(2)) @ root) @ inv)
+    A = (V * np.clip(w, 0, MAX_SPREAD)) @ V.T  # a wider spread would push the network's paler colours past gray
+    moved = guide.ab_mean[:, None] + A @ (ab - mean)
+    return ((ab + guide.strength * weight * (moved - ab)) / AB_SCALE).reshape(fake_B.shape).astype(fake_B.dtype)
 
 
 def merge_hints(reference_hints, user_hints, W, H, w, h, stride=MATCH_STRIDE):

@@ -16,8 +16,10 @@ from conftest import REPO, photo, tiny_checkpoint, write_png16
 from evaluate import center_square
 from images import gray_version, load_image, rgb_to_lab
 from metrics import psnr
-from reference import (BadReferenceError, augmented_truth, cell_means, default_similarity, encoder_features, match_cells,
-                       merge_hints, photo_L, reference_hints)
+import reference
+from images import AB_SCALE
+from reference import (BadReferenceError, Guide, apply_palette, augmented_truth, cell_means, default_similarity,
+                       encoder_features, match_cells, merge_hints, photo_L, reference_hints)
 
 VAL = os.path.join(REPO, "..", "shared", "datasets", "photos", "val")
 needs_val = pytest.mark.skipif(not os.path.isdir(VAL), reason="needs ../shared/datasets/photos/val")
@@ -171,8 +173,9 @@ def test_hints_of_the_augmented_truth_beat_the_automatic_result():
 # -----------------------------------------------------------------------------
 # Through the API and the command line: Colorizer.colorize(reference=), --infer / --eval --reference
 
-def test_colorize_with_a_reference_is_the_colorize_with_its_hints(tmp_path):
-    """reference= is exactly the hints reference_hints gives, merged under the user's."""
+def test_colorize_with_a_reference_is_its_hints_then_its_palette(tmp_path, monkeypatch):
+    """reference= is the hints reference_hints gives, merged under the user's, and then the
+    reference's palette as far as the photos look alike; with the user's own hints, no palette."""
     path = tiny_checkpoint(tmp_path / "tiny.pt", HINT_INPUT=True)
     colorizer = Colorizer.load(path, "cpu", render_size=64, saturation=1)
     rgb = photo(80, 64, seed=4)
@@ -180,12 +183,52 @@ def test_colorize_with_a_reference_is_the_colorize_with_its_hints(tmp_path):
     small = photo_L(rgb.astype(np.float32) / 255, 64)
     hints = reference_hints(colorizer.network.netG, small, ref, (80, 64), min_similarity=0.0)
     assert hints
+    never, always = ({k: v for k in reference.PALETTE_SIMILARITY} for v in ((2.0, 3.0), (-3.0, -2.0)))
+    monkeypatch.setattr(reference, "PALETTE_SIMILARITY", never)
     got = np.asarray(colorizer.colorize(rgb, reference=ref), int)
-    want = np.asarray(colorizer.colorize(rgb, hints=hints), int)
-    assert np.abs(got - want).max() <= 1 or not reference_hints(colorizer.network.netG, small, ref, (80, 64))
+    mine = reference_hints(colorizer.network.netG, small, ref, (80, 64))
+    want = np.asarray(colorizer.colorize(rgb, hints=mine) if mine else colorizer.colorize(rgb), int)
+    assert np.abs(got - want).max() <= 1
     mine = [(5, 5, "#ff0000")]
     merged = merge_hints(reference_hints(colorizer.network.netG, small, ref, (80, 64)), mine, 80, 64, 64, 51)
     assert merged[-1] == mine[0]
+    monkeypatch.setattr(reference, "PALETTE_SIMILARITY", always)
+    with_mine = np.asarray(colorizer.colorize(rgb, hints=mine, reference=ref), int)
+    assert np.abs(with_mine - np.asarray(colorizer.colorize(rgb, hints=merged), int)).max() <= 1
+
+
+def test_a_palette_moves_the_colours_toward_the_reference(monkeypatch):
+    colorizer = Colorizer.load(BUNDLED_WEIGHTS, device="cpu", render_size=64, saturation=1)
+    rgb = (val_photos(1, 64)[0] * 255).astype(np.uint8) if os.path.isdir(VAL) else photo(64, 64, seed=3)
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0], red[..., 1:] = 200, 40
+
+    def mean_a():
+        out = np.asarray(colorizer.colorize(rgb, reference=red), np.float32) / 255
+        return rgb_to_lab(out.transpose(2, 0, 1)[None])[0, 1].mean()
+    monkeypatch.setattr(reference, "PALETTE_SIMILARITY", {k: (-3.0, -2.0) for k in reference.PALETTE_SIMILARITY})
+    laid = mean_a()
+    monkeypatch.setattr(reference, "PALETTE_SIMILARITY", {k: (2.0, 3.0) for k in reference.PALETTE_SIMILARITY})
+    assert laid > mean_a() + 5
+
+
+def test_apply_palette_takes_the_reference_mean_and_narrower_spread_and_leaves_gray_gray():
+    rng = np.random.default_rng(0)
+    ab = rng.normal([[-20], [30]], [[6], [3]], (2, 4000)).astype(np.float32)
+    ab[:, :100] = 0  # gray pixels
+    fake_B = (ab / AB_SCALE).reshape(1, 2, 40, 100)
+    want_mean, want_cov = np.array([25.0, 10.0]), np.array([[16.0, 2.0], [2.0, 4.0]])
+    guide = Guide([], 0.9, want_mean, want_cov, 1.0)
+    out = apply_palette(fake_B, guide).reshape(2, -1) * AB_SCALE
+    assert np.abs(out[:, :100]).max() < 1e-4  # gray stays gray
+    coloured = out[:, 100:]
+    assert np.allclose(coloured.mean(1), want_mean, atol=1.5)
+    assert np.allclose(np.cov(coloured), want_cov, rtol=0.2, atol=2)
+    assert apply_palette(fake_B, guide._replace(strength=0.0)) is fake_B
+    half = apply_palette(fake_B, guide._replace(strength=0.5)).reshape(2, -1)[:, 100:] * AB_SCALE
+    assert np.allclose(half, (ab[:, 100:] + coloured) / 2, atol=1e-3)
+    wide = apply_palette(fake_B, guide._replace(ab_cov=np.array([[400.0, 0], [0, 400.0]]))).reshape(2, -1)[:, 100:]
+    assert np.trace(np.cov(wide * AB_SCALE)) <= np.trace(np.cov(ab[:, 100:])) * 1.05  # never wider: no colour past gray
 
 
 def test_infer_and_eval_with_a_reference_on_the_command_line(tmp_path):
