@@ -36,6 +36,7 @@ MATCH_STRIDE = 8            # 8 or 16; render pixels per matched cell (the encod
 # in scale (measured on photos/val: at these, a photo's own augmented truth keeps 200-400 of its
 # 1024 cells at 256 px, a photo of other things under 10)
 MIN_SIMILARITY = {"unet": 0.85, "efficientnet_lite": 0.65}
+MIN_SIMILARITY_ALIKE = {"unet": 0.85, "efficientnet_lite": 0.55}  # the same for photos that look alike as wholes (chosen on photos/train pairs)
 MIN_MARGIN = 0.02           # cosine similarity by which the best match beats the best one outside its 3x3 neighbourhood
 MIN_MATCHED_SHARE = 0.012   # share of the photo's cells that must match, else no hints: chance matches are no evidence
 MAX_REFERENCE_HINTS = 48    # most hints one reference gives (training drew at most hints.MAX_TRAIN_HINTS = 50)
@@ -266,8 +267,9 @@ def reference_guide(netG, L_photo, reference, photo_size=None, max_hints=MAX_REF
     start, full = PALETTE_SIMILARITY[encoder_kind(netG)]
     guide = Guide([], similarity, ab.mean(1).cpu().numpy(), torch.cov(ab).reshape(2, 2).cpu().numpy(),
                   float(np.clip((similarity - start) / (full - start), 0, 1)))
-    if min_similarity is None:
-        min_similarity = default_similarity(netG)
+    if min_similarity is None:  # photos that look alike as wholes may match cell by cell more loosely
+        kind = encoder_kind(netG)
+        min_similarity = MIN_SIMILARITY[kind] + guide.strength * (MIN_SIMILARITY_ALIKE[kind] - MIN_SIMILARITY[kind])
     cells, matched, sim = match_cells(P, R, grid_P, grid_R, min_similarity, min_margin, usable)
     if len(cells) == 0 or len(cells) < MIN_MATCHED_SHARE * len(P) or max_hints <= 0:
         return guide
