@@ -480,7 +480,9 @@ def format_film(results, m):
     lines = [f"machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}); torch {m['torch']}",
              "film: --infer of a synthetic gray clip (temporal filter on); frames/s, RSS GB (peak; first / last tenth)"]
     for r in results:
-        lines.append(f"{r['film']:>9}, {r['frames']} frames ({r['frames'] / r.get('fps', 25) / 60:.1f} min at {r.get('fps', 25)} fps) "
+        seconds = r["frames"] / r.get("fps", 25)
+        length = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+        lines.append(f"{r['film']:>9}, {r['frames']} frames ({length} at {r.get('fps', 25)} fps) "
                      f"at render {r['render_px']}: {r['frames_per_s']:.2f} frames/s "
                      f"({r['seconds']:.0f} s); RSS {r['rss_peak_bytes'] / GB:.2f} GB (first tenth "
                      f"{r['rss_first_tenth_bytes'] / GB:.2f}, last {r['rss_last_tenth_bytes'] / GB:.2f})")

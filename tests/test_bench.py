@@ -110,4 +110,4 @@ def test_film_bench_runs_a_synthetic_clip_at_its_frame_rate(tmp_path, weights):
     pytest.importorskip("av")
     r = bench.bench_film(weights, 64, 48, 6, 32, str(tmp_path), fps=3)
     assert r["frames"] == 6 and r["fps"] == 3 and r["frames_per_s"] > 0 and r["rss_peak_bytes"] > 0
-    assert "6 frames (0.0 min at 3 fps)" in bench.format_film([r], bench.machine_info(torch.device("cpu")))
+    assert "6 frames (2.0 s at 3 fps)" in bench.format_film([r], bench.machine_info(torch.device("cpu")))
