@@ -264,11 +264,11 @@ def reference_guide(netG, L_photo, reference, photo_size=None, max_hints=MAX_REF
     usable = (cell_means(opaque, stride) >= 0.5).flatten()
     ab = lab[0, 1:][:, opaque[0, 0] >= 0.5].double()                         # (2, n) the opaque pixels' ab
     similarity = float(F.normalize(P.mean(0), dim=0) @ F.normalize(R[usable].mean(0), dim=0))
-    start, full = PALETTE_SIMILARITY[encoder_kind(netG)]
+    kind = encoder_kind(netG)
+    start, full = PALETTE_SIMILARITY[kind]
     guide = Guide([], similarity, ab.mean(1).cpu().numpy(), torch.cov(ab).reshape(2, 2).cpu().numpy(),
                   float(np.clip((similarity - start) / (full - start), 0, 1)))
     if min_similarity is None:  # photos that look alike as wholes may match cell by cell more loosely
-        kind = encoder_kind(netG)
         min_similarity = MIN_SIMILARITY[kind] + guide.strength * (MIN_SIMILARITY_ALIKE[kind] - MIN_SIMILARITY[kind])
     cells, matched, sim = match_cells(P, R, grid_P, grid_R, min_similarity, min_margin, usable)
     if len(cells) == 0 or len(cells) < MIN_MATCHED_SHARE * len(P) or max_hints <= 0:

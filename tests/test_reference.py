@@ -14,10 +14,9 @@ from checkpoint import load_generator
 from colorizer import BUNDLED_WEIGHTS, Colorizer
 from conftest import REPO, photo, tiny_checkpoint, write_png16
 from evaluate import center_square
-from images import gray_version, load_image, rgb_to_lab
+from images import AB_SCALE, gray_version, load_image, rgb_to_lab
 from metrics import psnr
 import reference
-from images import AB_SCALE
 from reference import (BadReferenceError, Guide, apply_palette, augmented_truth, cell_means, default_similarity,
                        encoder_features, match_cells, merge_hints, photo_L, reference_hints)
 

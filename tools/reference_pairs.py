@@ -35,6 +35,7 @@ from evaluate import ab_divergence, center_square, nanmean  # noqa: E402
 from images import gray_version, is_grayscale, load_image, rgb_to_lab  # noqa: E402
 from metrics import ciede2000_lab, image_metrics  # noqa: E402
 from reference import augmented_truth, photo_L, reference_guide, reference_hints  # noqa: E402
+from video import js_divergence as js_nats  # noqa: E402
 
 AB_BINS = 16  # histogram bins per ab axis, over [-110, 110]
 
@@ -47,13 +48,8 @@ def ab_histogram(rgb):
 
 
 def js_divergence(p, q):
-    """Jensen-Shannon divergence of two histograms, in bits (0 same, 1 disjoint)."""
-    m = (p + q) / 2
-
-    def kl(a, b):
-        nz = a > 0
-        return float((a[nz] * np.log2(a[nz] / b[nz])).sum())
-    return (kl(p, m) + kl(q, m)) / 2
+    """Jensen-Shannon divergence of two histograms, in bits (0 same, 1 disjoint): video.js_divergence's, in bits."""
+    return js_nats(p, q) / np.log(2)
 
 
 def kind_of(path):
