@@ -82,6 +82,7 @@ FREEZE_STEPS = 0                    # a pretrained encoder is held fixed (weight
 NOGAN_STEPS = 0                     # the first this many generator steps train G alone on L1 (+ LAMBDA_PERC, LAMBDA_CF), no D (DeOldify's NoGAN)
 LAMBDA_PERC = 0.0                   # weight of the perceptual loss on a frozen ImageNet EfficientNet-Lite (ENCODER's, or lite0); 0 = off
 LAMBDA_CF = 0.0                     # weight of DDColor's colourfulness loss, 1 - colourfulness of the RGB output; 0 = off (DDColor: 0.5)
+CF_MODE = "ddcolor"                 # the colourfulness loss: ddcolor (more colour, always) or truth (the true photo's colourfulness, per image)
 NGF = 32                            # generator width of the first layer, channels
 N_DOWNS = 6                         # generator depth: 64x down, so inputs are padded to multiples of 64
 ATTN_FACTORS = (8,)                 # self-attention after the decoder level at input/f, for each f (8: 32x32 of a 256 input)
@@ -273,6 +274,7 @@ def check_config(cfg):
     if torch is not None:  # the lists live with the networks and losses (torch-free --infer has neither)
         need(cfg["ENCODER"] in models.ENCODERS, "ENCODER", ", ".join(models.ENCODERS))
         need(cfg["GAN_MODE"] in losses.GAN_MODES, "GAN_MODE", ", ".join(losses.GAN_MODES))
+        need(cfg["CF_MODE"] in losses.CF_MODES, "CF_MODE", ", ".join(losses.CF_MODES))
     unet = cfg["ENCODER"] == "unet"
     need(unet or cfg["NGF"] % 2 == 0, "NGF", "even with a pretrained ENCODER")
     downs = cfg["N_DOWNS"] if unet else 5  # EfficientNet-Lite: stride 32

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from models import EfficientNetLite, imagenet_input, imagenet_weights, load_imagenet
 
 GAN_MODES = ("hinge", "lsgan", "vanilla")
+CF_MODES = ("ddcolor", "truth")
 LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG", "loss_G_perc",
               "loss_G_CF")  # what step.train_step returns, in this order: the columns of log.csv
 
@@ -143,7 +144,12 @@ def colourfulness(rgb):
     return std + 0.3 * (rg.mean(1) ** 2 + yb.mean(1) ** 2).add(1e-8).sqrt()
 
 
-def colourfulness_loss(fake_rgb):
-    """DDColor's colourfulness loss: 1 - colourfulness, averaged over the batch (it rewards colour
-    without bound, so keep its weight small: DDColor uses 0.5)."""
-    return (1 - colourfulness(fake_rgb)).mean()
+def colourfulness_loss(fake_rgb, real_rgb=None):
+    """The colourfulness loss, averaged over the batch. Without real_rgb DDColor's, 1 - colourfulness:
+    it rewards colour without bound, on white things too, so keep its weight small (DDColor uses 0.5).
+    With real_rgb (CF_MODE "truth") the distance to the true photo's colourfulness, image by image:
+    the same push where the output is duller than the truth, the opposite one where it is more vivid
+    (a snow scene is asked for little colour, a market for much)."""
+    if real_rgb is None:
+        return (1 - colourfulness(fake_rgb)).mean()
+    return (colourfulness(fake_rgb) - colourfulness(real_rgb)).abs().mean()

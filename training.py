@@ -113,7 +113,8 @@ def image_losses(real_A, fake_B, real_B, cfg, vgg=None, perc=None):
     fake_rgb, real_rgb = lab_to_rgb(net_to_lab(real_A, fake_B.float())), lab_to_rgb(net_to_lab(real_A, real_B))
     return (zero if vgg is None else vgg(fake_rgb, real_rgb) * cfg["LAMBDA_VGG"],
             zero if perc is None else perc(fake_rgb, real_rgb) * cfg["LAMBDA_PERC"],
-            colourfulness_loss(fake_rgb) * cfg["LAMBDA_CF"] if cfg["LAMBDA_CF"] > 0 else zero)
+            colourfulness_loss(fake_rgb, real_rgb if cfg["CF_MODE"] == "truth" else None) * cfg["LAMBDA_CF"]
+            if cfg["LAMBDA_CF"] > 0 else zero)
 
 
 def net_batch(batch_uint8, device, cfg):

@@ -127,6 +127,20 @@ def test_colourfulness_loss_matches_the_metric():
     assert colourfulness_loss(vivid) < colourfulness_loss(gray)
 
 
+def test_the_truth_colourfulness_loss_asks_each_photo_for_its_own_colour():
+    torch.manual_seed(0)
+    dull = 0.5 + 0.05 * torch.rand(1, 3, 8, 8)
+    vivid = torch.zeros(1, 3, 8, 8)
+    vivid[:, 0, :, :4] = 1
+    assert colourfulness_loss(vivid, vivid).item() == 0
+    assert colourfulness_loss(vivid, dull).item() == pytest.approx(colourfulness_loss(dull, vivid).item())
+    for start, truth in ((dull, vivid), (0.9 * vivid + 0.05, dull)):  # too dull, too vivid (colour on snow)
+        fake = start.clone().requires_grad_(True)
+        colourfulness_loss(fake, truth).backward()
+        before, after = colourfulness(start), colourfulness(start - 0.01 * fake.grad)
+        assert abs(after - colourfulness(truth)) < abs(before - colourfulness(truth))
+
+
 def test_encoder_perceptual_loss_is_zero_for_the_truth_and_frozen():
     perc = EncoderPerceptualLoss("efficientnet_lite0").train()
     assert not perc.net.training and not any(p.requires_grad for p in perc.parameters())
