@@ -73,6 +73,7 @@ BETA1 = 0.0                         # Adam beta1 for both networks (SAGAN)
 BETA2 = 0.9                         # Adam beta2 for both networks (SAGAN)
 GAN_MODE = "hinge"                  # hinge, lsgan or vanilla
 LAMBDA_L1 = 100.0                   # weight of the L1 loss on ab (pix2pix)
+L1_NEUTRAL_WEIGHT = 0.0             # L1 counts 1 + this where the truth is white or light gray (L* >= 50, chroma < 8): tints on white cost more
 LAMBDA_FM = 10.0                    # weight of the feature-matching loss (pix2pixHD)
 LAMBDA_VGG = 0.0                    # weight of the VGG19 perceptual loss; 0 = off (pix2pixHD uses 10)
 VGG_WEIGHTS = ""                    # path to torchvision's vgg19-dcbb9e9d.pth, needed when LAMBDA_VGG > 0
@@ -258,7 +259,7 @@ def check_config(cfg):
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
     need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
-    for name in ("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "ENCODER_LR_MULT"):
+    for name in ("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "ENCODER_LR_MULT"):
         need(cfg[name] >= 0, name, "0 or more")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")
     # upper bounds: far beyond any real use, low enough that no allocation or thread pool blows up
@@ -267,7 +268,7 @@ def check_config(cfg):
                         (("NUM_SAMPLES", "NUM_WORKERS", "HINT_PATCH"), 256), (("MAX_PIXELS",), 4_000_000_000),
                         (("EPOCHS", "MAX_BAD_STEPS"), 10 ** 9), (("LR_G", "LR_D"), 1.0), (("SATURATION",), 100.0),
                         (("MAX_STEPS", "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "FREEZE_STEPS", "NOGAN_STEPS"), 10 ** 12),
-                        (("LAMBDA_L1", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF"), 1e6),
+                        (("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF"), 1e6),
                         (("ENCODER_LR_MULT", "HINT_LR_MULT"), 1e3)):
         for name in names:
             need(cfg[name] <= most, name, f"at most {most if isinstance(most, int) else f'{most:g}'}")

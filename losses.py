@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from images import AB_SCALE
+from metrics import NEUTRAL_CHROMA
 from models import EfficientNetLite, imagenet_input, imagenet_weights, load_imagenet
 
 GAN_MODES = ("hinge", "lsgan", "vanilla")
@@ -61,9 +63,19 @@ def feature_matching_loss(pred_fake, pred_real):
     return loss
 
 
-def l1_loss(fake_B, real_B):
-    """L1 between predicted and true ab (pix2pix); weighted by LAMBDA_L1 in the trainer."""
-    return F.l1_loss(fake_B, real_B)
+def l1_loss(fake_B, real_B, real_A=None, neutral_weight=0.0):
+    """L1 between predicted and true ab (pix2pix); weighted by LAMBDA_L1 in the trainer.
+
+    neutral_weight > 0 (needs real_A, the L): a pixel the truth has white or light gray (Lab L* at
+    least 50, chroma under metrics.NEUTRAL_CHROMA, what metrics.false_colour_lab counts) weighs
+    1 + neutral_weight, the others 1: the tint a colorizer paints on snow, overcast skies and white
+    walls costs more than the same error on a coloured thing."""
+    err = (fake_B - real_B).abs()
+    if neutral_weight <= 0:
+        return err.mean()
+    light = real_A >= 0                                                                      # L* = 50 (L + 1) >= 50
+    neutral = (light & (torch.hypot(real_B[:, :1], real_B[:, 1:]) * AB_SCALE < NEUTRAL_CHROMA)).to(err.dtype)
+    return (err * (1 + neutral_weight * neutral)).mean()
 
 
 class VGGLoss(nn.Module):

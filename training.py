@@ -87,7 +87,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
                     pred_real = plainD(real_AB)  # features of the D that was just updated
             loss_G_GAN = gan_loss(pred_fake, True, cfg["GAN_MODE"], for_discriminator=False)
             loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
-        loss_G_L1 = l1_loss(fake_B.float(), real_B) * cfg["LAMBDA_L1"]
+        loss_G_L1 = l1_loss(fake_B.float(), real_B, real_A, cfg["L1_NEUTRAL_WEIGHT"]) * cfg["LAMBDA_L1"]
         loss_G_VGG, loss_G_perc, loss_G_CF = image_losses(real_A, fake_B, real_B, cfg, vgg, perc)
         loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF
     optG.zero_grad(set_to_none=True)

@@ -78,6 +78,18 @@ def test_l1():
     assert l1_loss(torch.tensor([0.5, -0.5]), torch.tensor([0.0, 0.5])).item() == pytest.approx(0.75)
 
 
+def test_the_neutral_weight_makes_a_tint_on_white_cost_more():
+    """Two pixels whose truth is white (light, no chroma) and vivid red; a tint of the same size on each."""
+    lab = torch.tensor([[95.0, 0.0, 0.0], [95.0, 60.0, 40.0]]).T.reshape(1, 3, 1, 2)
+    real_A, real_B = lab[:, :1] / 50 - 1, lab[:, 1:] / 110
+    fake_B = real_B + 0.2
+    plain = l1_loss(fake_B, real_B).item()
+    assert l1_loss(fake_B, real_B, real_A, 0.0).item() == pytest.approx(plain)
+    assert l1_loss(fake_B, real_B, real_A, 2.0).item() == pytest.approx(plain * (3 + 1) / 2)  # white x3, red x1
+    dark = torch.full_like(real_A, -0.5)  # L* 25: dark gray is not what false colour counts
+    assert l1_loss(fake_B, real_B, dark, 2.0).item() == pytest.approx(plain)
+
+
 def test_the_step_weighs_l1_on_ab_by_lambda_l1(tmp_path):
     """train_step's loss_G_L1 is LAMBDA_L1 times the mean |fake_B - real_B| of the generator it
     trains, on ab alone (what pix2pix weighs), and its GAN losses are 0 in the NoGAN phase."""
