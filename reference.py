@@ -12,8 +12,8 @@ hints at all. Each kept match gives a hint at its photo cell with the reference 
 mean colour; the network takes its ab and keeps the photo's lightness. Then the reference's palette
 (the mean and covariance of its ab) is laid over the whole result (apply_palette) as far as the two
 photos look alike as wholes (PALETTE_SIMILARITY): two dogs share little cell by cell but much as
-wholes. A reference that matches nothing gives few or no hints and no palette, so the photo stays
-close to the automatic result.
+wholes, or as far as their cells match (PALETTE_HINTS). A reference that matches nothing gives few
+or no hints and no palette, so the photo stays close to the automatic result.
 
 augmented_truth makes the oracle reference of exemplar papers: the photo's own truth cropped,
 flipped and rescaled, so positions differ and colours are right.
@@ -47,10 +47,14 @@ MAX_PIXELS = 100_000_000    # as MAX_PIXELS in colorize_base.py: a larger refere
 # the first number to fully at the second, by encoder. Chosen on pairs of photos/train (60 same-kind
 # and 60 unrelated, tools/reference_pairs.py --data photos/train) so that unrelated references stay
 # near the automatic result; photos/val is where it is reported.
-PALETTE_SIMILARITY = {"unet": (0.85, 1.0), "efficientnet_lite": (0.55, 0.75)}
-# Lab chroma of the network's colour: what is under the first stays (the white and gray of
-# metrics.NEUTRAL_CHROMA), from the second on (metrics.FALSE_CHROMA, a clear colour) it moves fully
-PALETTE_CHROMA = (8.0, 20.0)
+PALETTE_SIMILARITY = {"unet": (0.85, 1.0), "efficientnet_lite": (0.55, 0.65)}
+# ... and as far as their cells match: fully from this many matched hints on, in proportion below
+# (0: by the similarity alone). The U-Net's mean features hardly tell a photo of the same kind from
+# one of another; its matched cells do (unrelated pairs of photos/train give 0.2 hints on average).
+PALETTE_HINTS = {"unet": 10, "efficientnet_lite": 0}
+# Lab chroma of the network's colour: what is under the first stays (a near-white), from the second
+# on (a pale pastel) it moves fully
+PALETTE_CHROMA = (4.0, 12.0)
 MAX_SPREAD = 1.0            # the palette may narrow the spread of the network's colours, not widen it
 
 
@@ -280,6 +284,8 @@ def reference_guide(netG, L_photo, reference, photo_size=None, max_hints=MAX_REF
         r, c = min(r * stride + stride // 2, h - 1), min(c * stride + stride // 2, w - 1)  # the cell's centre
         x, y = render_to_photo(r, c, W, H, w, h)
         guide.hints.append((x, y, tuple(round(255 * float(v), 2) for v in colours[i])))
+    if PALETTE_HINTS[kind]:
+        guide = guide._replace(strength=max(guide.strength, min(1.0, len(guide.hints) / PALETTE_HINTS[kind])))
     return guide
 
 

@@ -184,6 +184,7 @@ def test_colorize_with_a_reference_is_its_hints_then_its_palette(tmp_path, monke
     assert hints
     never, always = ({k: v for k in reference.PALETTE_SIMILARITY} for v in ((2.0, 3.0), (-3.0, -2.0)))
     monkeypatch.setattr(reference, "PALETTE_SIMILARITY", never)
+    monkeypatch.setattr(reference, "PALETTE_HINTS", {k: 0 for k in reference.PALETTE_HINTS})
     got = np.asarray(colorizer.colorize(rgb, reference=ref), int)
     mine = reference_hints(colorizer.network.netG, small, ref, (80, 64))
     want = np.asarray(colorizer.colorize(rgb, hints=mine) if mine else colorizer.colorize(rgb), int)
@@ -208,7 +209,23 @@ def test_a_palette_moves_the_colours_toward_the_reference(monkeypatch):
     monkeypatch.setattr(reference, "PALETTE_SIMILARITY", {k: (-3.0, -2.0) for k in reference.PALETTE_SIMILARITY})
     laid = mean_a()
     monkeypatch.setattr(reference, "PALETTE_SIMILARITY", {k: (2.0, 3.0) for k in reference.PALETTE_SIMILARITY})
+    monkeypatch.setattr(reference, "PALETTE_HINTS", {k: 0 for k in reference.PALETTE_HINTS})
     assert laid > mean_a() + 5
+
+
+def test_matched_cells_lay_the_palette_where_the_photos_do_not_look_alike_as_wholes(tiny, monkeypatch):
+    """PALETTE_HINTS: fully from that many matched hints on, in proportion below, 0 off."""
+    netG = tiny
+    rgb = photo(80, 64, seed=4)
+    small, ref = photo_L(rgb.astype(np.float32) / 255, 64), rgb[:, ::-1]
+    monkeypatch.setattr(reference, "PALETTE_SIMILARITY", {k: (2.0, 3.0) for k in reference.PALETTE_SIMILARITY})
+    kind = reference.encoder_kind(netG)
+    strengths = []
+    for gate in (0, 1000, 1):
+        monkeypatch.setattr(reference, "PALETTE_HINTS", {**reference.PALETTE_HINTS, kind: gate})
+        guide = reference.reference_guide(netG, small, ref, (80, 64), min_similarity=0.0)
+        strengths.append(guide.strength)
+    assert guide.hints and strengths == [0.0, pytest.approx(len(guide.hints) / 1000), 1.0]
 
 
 def test_apply_palette_takes_the_reference_mean_and_narrower_spread_and_leaves_gray_gray():
