@@ -44,13 +44,13 @@ MIN_CHROMA = 3.0            # Lab chroma; a reference whose mean chroma is below
 MAX_PIXELS = 100_000_000    # as MAX_PIXELS in colorize_base.py: a larger reference is refused
 # The reference's palette (the mean and covariance of its ab) is laid over the whole result, as far as
 # the two photos look alike: by the cosine similarity of their mean encoder features, from nothing at
-# the first number to fully at the second, by encoder. Chosen on pairs of photos/train (60 same-kind
-# and 60 unrelated, tools/reference_pairs.py --data photos/train) so that unrelated references stay
-# near the automatic result; photos/val is where it is reported.
+# the first number to fully at the second, by encoder. These and the three below were chosen on pairs
+# of photos/train (60 same-kind and 60 unrelated, tools/reference_sweep.py) so that unrelated
+# references stay near the automatic result; photos/val is where they are reported.
 PALETTE_SIMILARITY = {"unet": (0.85, 1.0), "efficientnet_lite": (0.55, 0.65)}
 # ... and as far as their cells match: fully from this many matched hints on, in proportion below
 # (0: by the similarity alone). The U-Net's mean features hardly tell a photo of the same kind from
-# one of another; its matched cells do (unrelated pairs of photos/train give 0.2 hints on average).
+# one of another; its matched cells do (on photos/val, 0 to 0.2 hints an unrelated pair, 2 to 7 a same-kind one).
 PALETTE_HINTS = {"unet": 10, "efficientnet_lite": 0}
 # Lab chroma of the network's colour: what is under the first stays (a near-white), from the second
 # on (a pale pastel) it moves fully
