@@ -219,9 +219,9 @@ def test_training_applies_the_warm_up_once_per_counted_step(tmp_path, monkeypatc
         decays.append(decay)
         update_ema(netG_ema, netG, decay)
 
-    def nan_on_second_call(fake_B, real_B):
+    def nan_on_second_call(fake_B, real_B, *rest):
         calls.append(1)
-        return losses.l1_loss(fake_B, real_B) * (math.nan if len(calls) == 2 else 1)
+        return losses.l1_loss(fake_B, real_B, *rest) * (math.nan if len(calls) == 2 else 1)
 
     monkeypatch.setattr(training, "update_ema", spy)
     monkeypatch.setattr(training, "l1_loss", nan_on_second_call)
@@ -317,7 +317,7 @@ def test_infinite_generator_gradients_skip_the_generator_step(state_and_cfg, mon
     """G, the EMA and G's optimizer stay as they were. D's half of the step was finite and stands:
     each optimizer steps only when its own loss and gradients are finite (train_step's docstring)."""
     state, cfg = state_and_cfg
-    monkeypatch.setattr(training, "l1_loss", lambda fake_B, real_B: InfiniteGradient.apply(losses.l1_loss(fake_B, real_B)))
+    monkeypatch.setattr(training, "l1_loss", lambda fake_B, real_B, *rest: InfiniteGradient.apply(losses.l1_loss(fake_B, real_B, *rest)))
     before = snapshot(state)
     ok, losses_ = training.train_step(state, *batch(1), cfg)
     assert not ok and torch.isfinite(losses_).all()
@@ -368,7 +368,7 @@ def _agreement_worker(rank, folder, cfg):
             if rank == bad_rank and which == "D":
                 training.gan_loss = discriminator_side(lambda loss: loss + math.inf)
             if rank == bad_rank and which == "G":
-                training.l1_loss = lambda fake_B, real_B: losses.l1_loss(fake_B, real_B) + math.inf
+                training.l1_loss = lambda fake_B, real_B, *rest: losses.l1_loss(fake_B, real_B, *rest) + math.inf
             ok, _ = training.step(state, loader_batch(100 * rank + step), cfg, nets=nets)
             oks.append(ok)
         stops = [runtime.any_rank(rank == 0, CPU), runtime.any_rank(rank == 1, CPU), runtime.any_rank(False, CPU)]
