@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference  # noqa: E402
 from colorizer import Colorizer  # noqa: E402
 from images import gray_version, lab_to_rgb, net_to_lab, rgb_to_lab  # noqa: E402
-from metrics import ciede2000_lab, image_metrics  # noqa: E402
+from metrics import ciede2000_lab, colorfulness, image_metrics  # noqa: E402
 from reference_pairs import ab_histogram, choose_pairs, js_divergence  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def main():
             js = np.mean([js_divergence(ab_histogram(out), c["h_same"]) for (out, _), c in zip(same, cases)])
             unrel = [ciede2000_lab(lab_of(laid(c, "unrelated")[0]), c["lab_auto"]) for c in cases]
             aug = [image_metrics(laid(c, "truth-aug")[0], c["truth"]) for c in cases]
-            colourf = np.mean([image_metrics(out, c["truth"])["colorfulness"] for (out, _), c in zip(same, cases)])
+            colourf = np.mean([colorfulness(out) for out, _ in same])
             print(f"{start:6.2f}{start + width:6.2f}{spread:7.1f}{chroma[0]:4.0f}:{chroma[1]:<3.0f}{gate:6.0f} | {js:8.3f}"
                   f"{100 * (js / js_auto - 1):+7.1f}%{np.mean([s for _, s in same]):9.2f}{colourf:8.1f} | "
                   f"{np.mean(unrel):9.2f}{np.max(unrel):6.2f} | {np.mean([m['psnr'] for m in aug]):9.2f}"
