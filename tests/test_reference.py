@@ -277,3 +277,20 @@ def test_infer_and_eval_with_a_reference_on_the_command_line(tmp_path):
     r = run_cli("--eval", photos, "--reference", refs, "--out", tmp_path / "ev2", *common)
     assert r.returncode == 1 and "failed: p1.png: no reference photo p1.* in" in r.stderr, r.stderr
     assert "2 colour photos" in r.stdout
+
+
+def test_the_whole_photo_similarity_is_that_of_its_coarsest_level_and_skips_transparent_cells(tiny):
+    """whole_features: the mean over the photo's cells (of the usable ones, where a mask is given) of
+    the coarsest encoder level; reference_guide's similarity of a photo to itself is 1."""
+    netG = tiny
+    rgb = photo(80, 64, seed=5)
+    L = torch.as_tensor(photo_L(rgb.astype(np.float32) / 255, 64))
+    levels = reference.encoder_levels(netG, L, 32)
+    deep = levels[max(levels)]
+    rows, cols = -(-L.shape[-2] // max(levels)), -(-L.shape[-1] // max(levels))
+    cells = deep[0, :, :rows, :cols].flatten(1).T
+    assert torch.allclose(reference.whole_features(levels, L), cells.mean(0))
+    usable = torch.zeros(rows * cols, dtype=torch.bool)
+    usable[0] = True
+    assert torch.allclose(reference.whole_features(levels, L, usable), cells[0])
+    assert reference.reference_guide(netG, L, rgb).similarity == pytest.approx(1.0, abs=1e-5)
