@@ -12,8 +12,9 @@ hints at all. Each kept match gives a hint at its photo cell with the reference 
 mean colour; the network takes its ab and keeps the photo's lightness. Then the reference's palette
 (the mean and covariance of its ab) is laid over the whole result (apply_palette) as far as the two
 photos look alike as wholes (PALETTE_SIMILARITY, of the mean of their coarsest encoder level): two
-dogs share little cell by cell but much as wholes, or as far as their cells match (PALETTE_HINTS). A reference that matches nothing gives few
-or no hints and no palette, so the photo stays close to the automatic result.
+dogs share little cell by cell but much as wholes, or as far as their cells match (PALETTE_HINTS).
+A reference that matches nothing gives few or no hints and no palette, so the photo stays close to
+the automatic result.
 
 augmented_truth makes the oracle reference of exemplar papers: the photo's own truth cropped,
 flipped and rescaled, so positions differ and colours are right.
@@ -161,7 +162,7 @@ def whole_features(levels, L, usable=None):
     at the coarsest level's stride; None: all) of its coarsest encoder level, (C,). The level nearest
     the classifier's output is what tells a dog from a face (on photos/train pairs, it ranks a same-kind
     reference above an unrelated one 84% of the time for the EfficientNet-Lite pilot, the mean of
-    encoder_features 82%)."""
+    encoder_features 82%: tools/reference_kinds.py)."""
     stride = max(levels)
     h, w = L.shape[-2:]
     deep = levels[stride][0, :, :-(-h // stride), :-(-w // stride)].flatten(1).T.float()  # (cells, C)

@@ -137,6 +137,7 @@ def main():
         row["js_same-kind"] = js_divergence(ab_histogram(outs["same-kind"]), h_ref)
         row["ab_divergence_automatic"] = ab_divergence(outs["automatic"], same)
         row["ab_divergence_same-kind"] = ab_divergence(outs["same-kind"], same)
+        row["path"] = os.path.relpath(path, args.data)
         rows.append(row)
         sheet.append((gray, outs["automatic"], same, outs["same-kind"]))
         print(f"{i + 1}/{len(pairs)} {os.path.relpath(path, args.data)}: hints {row['truth-aug_hints']} / "
@@ -152,6 +153,9 @@ def main():
         print(f"{name:14s}{mean(name + '_psnr'):>8s}{mean(name + '_ciede2000'):>11s}"
               f"{mean(name + '_false_colour'):>12s}{mean(name + '_hints', '.1f'):>7s}{mean(name + '_palette'):>9s}")
     print(f"unrelated reference: CIEDE2000 to the automatic result {mean('unrelated_vs_automatic_ciede2000')}")
+    far = [r for r in rows if r["unrelated_vs_automatic_ciede2000"] >= 2]
+    print(f"unrelated references that move the result by CIEDE2000 2 or more: {len(far)} of {len(rows)}"
+          + "".join(f"\n  {r['path']}: {r['unrelated_vs_automatic_ciede2000']:.2f} ({r['unrelated_hints']} hints)" for r in far))
     print(f"same-kind reference: JS divergence of ab histograms to the reference's (16x16 bins, bits), automatic "
           f"{mean('js_automatic', '.3f')}, with the reference {mean('js_same-kind', '.3f')}; --eval's ab_divergence "
           f"(32x32 bins of visible colour, nats) {mean('ab_divergence_automatic', '.3f')} -> "
@@ -163,7 +167,7 @@ def main():
         grid = np.concatenate([np.concatenate(row, axis=1) for row in chosen], axis=0)
         Image.fromarray(np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)).save(args.figure, quality=88)
     if args.json:
-        keys = sorted({k for r in rows for k in r})
+        keys = sorted({k for r in rows for k in r} - {"path"})
         with open(args.json, "w") as f:
             json.dump({"weights": args.weights, "data": args.data, "photos": len(rows),
                        "means": {k: nanmean([r[k] for r in rows if k in r]) for k in keys}}, f, indent=1)
