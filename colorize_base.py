@@ -81,6 +81,7 @@ ENCODER = "unet"                    # generator encoder: unet (pix2pix, from scr
 ENCODER_LR_MULT = 0.1               # a pretrained encoder learns at LR_G times this once unfrozen
 FREEZE_STEPS = 0                    # a pretrained encoder is held fixed (weights, batch-norm statistics) for this many generator steps
 NOGAN_STEPS = 0                     # the first this many generator steps train G alone on L1 (+ LAMBDA_PERC, LAMBDA_CF), no D (DeOldify's NoGAN)
+D_WARMUP_STEPS = 0                  # then this many steps train D alone, G fixed (DeOldify's critic pretraining; new Ds of a fine-tune)
 LAMBDA_PERC = 0.0                   # weight of the perceptual loss on a frozen ImageNet EfficientNet-Lite (ENCODER's, or lite0); 0 = off
 LAMBDA_CF = 0.0                     # weight of DDColor's colourfulness loss, 1 - colourfulness of the RGB output; 0 = off (DDColor: 0.5)
 CF_MODE = "ddcolor"                 # the colourfulness loss: ddcolor (more colour, always) or truth (the true photo's colourfulness, per image)
@@ -246,7 +247,8 @@ def check_config(cfg):
     for name in ("IMAGE_SIZE", "BATCH_SIZE", "EPOCHS", "NGF", "NDF", "NUM_D", "N_LAYERS_D", "RENDER_SIZE",
                  "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "N_DOWNS", "MAX_PIXELS", "MAX_BAD_STEPS", "NUM_SAMPLES"):
         need(cfg[name] > 0, name, "positive")
-    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE", "THREADS", "SATURATION", "FREEZE_STEPS", "NOGAN_STEPS"):
+    for name in ("MAX_STEPS", "NUM_WORKERS", "EVAL_SIZE", "THREADS", "SATURATION", "FREEZE_STEPS", "NOGAN_STEPS",
+                 "D_WARMUP_STEPS"):
         need(cfg[name] >= 0, name, "0 or more")
     for name in ("LR_G", "LR_D"):
         need(cfg[name] > 0, name, "a positive learning rate")
@@ -267,7 +269,8 @@ def check_config(cfg):
                         (("NGF", "NDF", "THREADS"), 1024), (("NUM_D",), 8), (("N_LAYERS_D",), 10),
                         (("NUM_SAMPLES", "NUM_WORKERS", "HINT_PATCH"), 256), (("MAX_PIXELS",), 4_000_000_000),
                         (("EPOCHS", "MAX_BAD_STEPS"), 10 ** 9), (("LR_G", "LR_D"), 1.0), (("SATURATION",), 100.0),
-                        (("MAX_STEPS", "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "FREEZE_STEPS", "NOGAN_STEPS"), 10 ** 12),
+                        (("MAX_STEPS", "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "FREEZE_STEPS", "NOGAN_STEPS",
+                          "D_WARMUP_STEPS"), 10 ** 12),
                         (("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF"), 1e6),
                         (("ENCODER_LR_MULT", "HINT_LR_MULT"), 1e3)):
         for name in names:

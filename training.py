@@ -23,8 +23,15 @@ def update_ema(netG_ema, netG, decay):
 
 
 def ema_decay(cfg, step):
-    """EMA_DECAY, warmed up over the first steps so the EMA does not remember the random init."""
-    return min(cfg["EMA_DECAY"], (1 + step) / (10 + step))
+    """EMA_DECAY, warmed up over the first steps so the EMA does not remember the random init; a
+    fine-tune (INIT) starts from a trained EMA, so it averages at EMA_DECAY from its first step."""
+    return cfg["EMA_DECAY"] if cfg["INIT"] else min(cfg["EMA_DECAY"], (1 + step) / (10 + step))
+
+
+def d_only(cfg, step):
+    """Whether this step trains D alone: the D_WARMUP_STEPS after NOGAN_STEPS (DeOldify's critic
+    pretraining), so G first meets a discriminator that has learned something."""
+    return cfg["NOGAN_STEPS"] <= step < cfg["NOGAN_STEPS"] + cfg["D_WARMUP_STEPS"]
 
 
 def finite(loss, net=None):
@@ -46,7 +53,8 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     """One GAN step on state: D on a detached fake, then G with D frozen; each optimizer steps only
     when its loss and gradients are finite (in every process, under torchrun). Returns (ok, losses):
     ok is False when the step was skipped, losses a detached tensor in LOSS_NAMES order. In the
-    first NOGAN_STEPS steps there is no D step and G learns from its other losses alone.
+    first NOGAN_STEPS steps there is no D step and G learns from its other losses alone; in the
+    D_WARMUP_STEPS after them there is no G step (G, its batch-norm statistics and its EMA stay).
 
     nets: the (netG, netD) to run forward, e.g. DistributedDataParallel wrappers of state.netG and
     state.netD; the G step runs the plain D, since it needs no D gradients. hints: the generator's
@@ -58,7 +66,8 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     gan, zero = state.step >= cfg["NOGAN_STEPS"], torch.zeros((), device=real_A.device)
 
     # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
-    with amp:
+    g_step = not d_only(cfg, state.step)
+    with amp, torch.set_grad_enabled(g_step):
         fake_B = netG(real_A, hints)
     loss_D_fake = loss_D_real = zero
     ok = True
@@ -78,6 +87,11 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
 
     # G step, with D frozen
     plainD.requires_grad_(False)
+    if not g_step:
+        for b, saved in zip(state.netG.buffers(), buffers_G):
+            b.copy_(saved)
+        scaler.update()
+        return ok, torch.stack([loss_D_real, loss_D_fake] + [zero] * 6).float().detach()
     with amp:
         loss_G_GAN = loss_G_FM = zero
         if gan:
@@ -168,8 +182,9 @@ def step(state, batch, cfg, amp=nullcontext(), nets=None, vgg=None, perc=None, s
     if state.batch_in_epoch == steps_per_epoch:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     if ok:
+        if not d_only(cfg, state.step):
+            update_ema(state.netG_ema, state.netG, ema_decay(cfg, state.step + 1))
         state.step += 1
-        update_ema(state.netG_ema, state.netG, ema_decay(cfg, state.step))
     else:
         state.bad_steps += 1
     return ok, losses

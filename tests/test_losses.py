@@ -107,6 +107,40 @@ def test_the_step_weighs_l1_on_ab_by_lambda_l1(tmp_path):
     assert named["loss_D_real"] == named["loss_D_fake"] == named["loss_G_GAN"] == named["loss_G_FM"] == 0
 
 
+def test_nogan_then_d_warmup_then_gan(tmp_path):
+    """--nogan-steps 1 --d-warmup-steps 2: step 0 trains G alone, steps 1 and 2 train D alone (G,
+    its batch-norm statistics and its EMA as they were, its losses 0), step 3 trains both."""
+    cfg = tiny_cfg(tmp_path, tmp_path / "run", 1, "--nogan-steps", "1", "--d-warmup-steps", "2")
+    torch.manual_seed(0)
+    state = cb.build_state(cfg, torch.device("cpu"))
+    batch = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+    def snapshot(net):
+        return [t.detach().clone() for t in [*net.parameters(), *net.buffers()]]
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+    trained = []
+    for _ in range(4):
+        before = snapshot(state.netG), snapshot(state.netD), snapshot(state.netG_ema)
+        ok, losses = training.step(state, batch, cfg)
+        assert ok
+        after = snapshot(state.netG), snapshot(state.netD), snapshot(state.netG_ema)
+        trained.append(tuple(not same(b, a) for b, a in zip(before, after)))
+        named = dict(zip(LOSS_NAMES, losses.tolist()))
+        if 1 <= state.step - 1 <= 2:
+            assert named["loss_G_L1"] == named["loss_G_GAN"] == named["loss_G_FM"] == 0 < named["loss_D_real"]
+    assert trained == [(True, False, True), (False, True, False), (False, True, False), (True, True, True)]
+    assert state.step == 4
+
+
+def test_a_finetune_averages_at_ema_decay_from_its_first_step(tmp_path):
+    """The EMA's warm-up forgets a random init; a fine-tune's EMA starts from a trained one."""
+    cfg = tiny_cfg(tmp_path, tmp_path / "run", 1, "--ema-decay", "0.998")
+    assert training.ema_decay(cfg, 1) == pytest.approx(2 / 11)
+    assert training.ema_decay({**cfg, "INIT": "weights/colorizer.pt"}, 1) == 0.998
+
+
 def test_vgg_loss_without_weights_says_how_to_provide_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="VGG_WEIGHTS.*downloads nothing"):
         VGGLoss(str(tmp_path / "missing.pth"))
