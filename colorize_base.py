@@ -108,7 +108,7 @@ NUM_SAMPLES = 8                     # held-out images in each sample grid
 MAX_BAD_STEPS = 20                  # stop after this many consecutive steps with a non-finite loss or gradient
 RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
 BACKEND = "auto"                    # inference engine: torch, onnx (onnxruntime: an .onnx WEIGHTS, or the .onnx beside a .pt) or auto
-SATURATION = 1.55                   # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
+SATURATION = 1.0                    # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
 TEMPORAL = 0.95                     # film: share of a still pixel's past colour (Lab ab) kept each frame, in [0, 1); 0 = every frame alone
 FRAME_RATE = 25.0                   # film from a folder of frames (--infer FOLDER --video): frames per second written
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image

@@ -40,7 +40,7 @@ class Colorizer:
         self.render_size, self.max_pixels, self.saturation = render_size, max_pixels, saturation
 
     @classmethod
-    def load(cls, weights=BUNDLED_WEIGHTS, device="auto", render_size=256, max_pixels=100_000_000, saturation=1.55,
+    def load(cls, weights=BUNDLED_WEIGHTS, device="auto", render_size=256, max_pixels=100_000_000, saturation=1.0,
              backend="auto", threads=0):
         """Load a checkpoint, exported model or ONNX model (default: the bundled one). The defaults are
         those of RENDER_SIZE, MAX_PIXELS, SATURATION, BACKEND and THREADS in colorize_base.py, whose

@@ -272,15 +272,16 @@ def with_metadata(model, value):
 def test_page_follows_the_models_metadata(page, photos, tmp_path):
     from colorizer import Colorizer
     driver, server, model = page
-    meta = {"multiple": 64, "render_size": 128, "saturation": 1.0, "about": "a test"}
+    expected_colorizer = Colorizer.load(os.path.join(REPO, "weights", "colorizer.pt"), device="cpu", render_size=128,
+                                        saturation=1.0)
+    meta = {"multiple": expected_colorizer.network.multiple, "render_size": 128, "saturation": 1.0, "about": "a test"}
     (tmp_path / "meta.onnx").write_bytes(with_metadata(model, meta))
     load_model(driver, tmp_path / "meta.onnx")
     text = driver.execute_script("return document.getElementById('model').textContent")
     assert "render size 128, saturation 1," in text, (text, status(driver))
     path = photos[0][0]
     shown, _ = colorize_in_page(driver, path)
-    expected = Colorizer.load(os.path.join(REPO, "weights", "colorizer.pt"), device="cpu", render_size=128,
-                              saturation=1.0).colorize(str(path))
+    expected = expected_colorizer.colorize(str(path))
     diff = np.abs(np.asarray(shown.convert("RGB"), np.int16) - np.asarray(expected, np.int16))
     assert diff.mean() <= 2 and (diff.max(axis=2) > 2).mean() < 0.001, (diff.mean(), diff.max())
     assert_only_own_origin(driver, server)

@@ -2,7 +2,7 @@
 (tools/reference_pairs.py's pairing), as the AUC: the share of (same-kind, unrelated) pairs of pairs
 in which the same-kind reference is the more similar.
 
-    python tools/reference_kinds.py --weights weights/pilot_lite0.pt --data /work/shared/datasets/photos/train --n 60
+    python tools/reference_kinds.py --data /work/shared/datasets/photos/train --n 60
 
 It compares reference.py's whole_features (the mean of the coarsest encoder level) with the mean of
 the cell features (encoder_features) that reference_guide used before it.
@@ -36,7 +36,7 @@ def similarities(netG, a, b):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", default="weights/pilot_lite0.pt")
+    parser.add_argument("--weights", default="weights/colorizer.pt")
     parser.add_argument("--data", default="/work/shared/datasets/photos/train")
     parser.add_argument("--n", type=int, default=60)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Measure reference-guided colorization (reference.py) against the automatic result.
 
     python tools/reference_pairs.py --weights weights/colorizer.pt --data /work/shared/datasets/photos/val --n 40
-    python tools/reference_pairs.py --weights weights/pilot_lite0.pt --saturation 1 --n 60 --figure doc_images/reference_same_kind.jpg
+    python tools/reference_pairs.py --n 60 --figure doc_images/reference_same_kind.jpg
     python tools/reference_pairs.py --time 1024     # the matching alone, a 1024 px photo and reference
 
 Each photo is cut to a 256 px centre square (as --eval --eval-size 256), grayed and colorized

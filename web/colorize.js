@@ -8,7 +8,7 @@ const VENDOR = new URL("vendor/", import.meta.url).href;
 const ORT_BUNDLE = VENDOR + "ort.webgpu.min.mjs";  // fetched by web/fetch_ort.py
 const DEFAULT_MODEL = new URL("../weights/colorizer.onnx", import.meta.url).href;
 // What an exported model's metadata ("colorizer" in metadata_props) says; used when it says nothing.
-const DEFAULTS = { multiple: 64, render_size: 256, saturation: 1.55 };
+const DEFAULTS = { multiple: 64, render_size: 256, saturation: 1.0 };
 const HINT_CHANNELS = 3;  // a model with a hints input takes (1, 3, h, w); all zeros: no hints
 const MAX_PIXELS = 40_000_000;  // a photo above this is refused: the page holds about 20 bytes a pixel
 
