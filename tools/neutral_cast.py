@@ -44,7 +44,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", help="folders of colour photos (the truth)")
     ap.add_argument("--weights", default="weights/colorizer.pt")
-    ap.add_argument("--limit", type=int, default=200, help="at most this many photos of each folder")
+    ap.add_argument("--limit", type=int, default=200, help="at most this many photos of each folder, the first in path order")
     ap.add_argument("--out", default="", help="also write the figures to this JSON file")
     a = ap.parse_args()
     colorizer = Colorizer.load(a.weights, device="cpu")
