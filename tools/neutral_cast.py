@@ -14,15 +14,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from colorizer import Colorizer  # noqa: E402
-from images import find_images, gray_version, load_image, rgb_to_lab  # noqa: E402
-from metrics import NEUTRAL_CHROMA  # noqa: E402
+from images import find_images, gray_version, load_image  # noqa: E402
+from metrics import NEUTRAL_CHROMA, _lab_pair  # noqa: E402
 
 MIN_PIXELS = 100  # a photo counts for a part (light or dark) only with at least this many neutral pixels there
-
-
-def lab_of(rgb):
-    """(H, W, 3) float RGB in [0, 1] -> (3, H, W) Lab."""
-    return rgb_to_lab(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None])[0]
 
 
 def neutral_cast(colorizer, folder, limit):
@@ -31,11 +26,12 @@ def neutral_cast(colorizer, folder, limit):
     for path in find_images([folder])[:limit]:
         truth = load_image(path)[0]
         ours = np.asarray(colorizer.colorize(gray_version(truth)).convert("RGB"), np.float32) / 255
-        t, p = lab_of(truth), lab_of(ours)
-        neutral = np.hypot(t[1], t[2]) < NEUTRAL_CHROMA
-        for part, mask in (("light", neutral & (t[0] >= 50)), ("dark", neutral & (t[0] < 50))):
+        p, t = _lab_pair(ours, truth)  # (H, W, 3) each, the Lab that --eval's false colour reads
+        neutral = np.hypot(t[..., 1], t[..., 2]) < NEUTRAL_CHROMA
+        for part, mask in (("light", neutral & (t[..., 0] >= 50)), ("dark", neutral & (t[..., 0] < 50))):
             if mask.sum() >= MIN_PIXELS:
-                per[part].append((p[1][mask].mean(), p[2][mask].mean(), np.hypot(p[1], p[2])[mask].mean()))
+                a, b = p[..., 1][mask], p[..., 2][mask]
+                per[part].append((a.mean(), b.mean(), np.hypot(a, b).mean()))
     return {part: dict(photos=len(v), **dict(zip(("a", "b", "chroma"), np.mean(v, 0).round(2).tolist())))
             for part, v in per.items() if v}
 
