@@ -494,12 +494,19 @@ def format_film(results, m):
 
 def bench_reference(weights, side, render_size, repeats):
     """reference.reference_hints for a side x side photo (its L at render size included) and a side x
-    side reference, its mirror image: median seconds, and Colorizer.colorize with and without it."""
+    side reference, its mirror image: median seconds, and Colorizer.colorize with and without it; and
+    colorize with 10 colour hints, their errors spread (HINT_SPREAD) and not."""
     import reference as matching
     colorizer = Colorizer.load(weights, device="cpu", render_size=render_size, threads=torch.get_num_threads())
     rgb = synthetic_photo(side)
     gray, mirror = np.repeat(rgb.mean(2, keepdims=True), 3, 2), np.ascontiguousarray(rgb[:, ::-1])
     netG = colorizer.network.netG
+    hints = [(int(x), int(y), "#b03030") for x, y in np.random.default_rng(0).integers(0, side, (10, 2))]
+
+    def unspread():
+        spread, colorizer.hint_spread = colorizer.hint_spread, 0
+        colorizer.colorize(gray, hints=hints)
+        colorizer.hint_spread = spread
 
     def timed(fn):
         fn()  # warm-up
@@ -513,7 +520,9 @@ def bench_reference(weights, side, render_size, repeats):
             "matching_s": timed(lambda: matching.reference_hints(netG, matching.photo_L(gray, render_size), mirror,
                                                                   (side, side))),
             "colorize_s": timed(lambda: colorizer.colorize(gray)),
-            "colorize_with_reference_s": timed(lambda: colorizer.colorize(gray, reference=mirror))}
+            "colorize_with_reference_s": timed(lambda: colorizer.colorize(gray, reference=mirror)),
+            "colorize_with_hints_s": timed(lambda: colorizer.colorize(gray, hints=hints)),
+            "colorize_with_hints_unspread_s": timed(unspread)}
 
 
 # -----------------------------------------------------------------------------
@@ -597,7 +606,7 @@ def build_parser():
                    "rate), 1280x720x1200x2 (10 minutes at 2 fps): frames/s and RSS over the run")
     p.add_argument("--reference", action="store_true", help="instead of the full report: matching a 1024 px "
                    "reference photo to a 1024 px photo (reference.py) at render 256 and 512, and colorize with and "
-                   "without it")
+                   "without it, and with 10 hints, spread and not")
     p.add_argument("--weights", default=cb.resolve_path(cb.CONSTANTS["WEIGHTS"]), help="with --engines and --agree: the model")
     p.add_argument("--mem-budget-gb", type=float, default=16.0, help="memory budget for the largest batch, GB")
     p.add_argument("--data", default=cb.CONSTANTS["DATA_DIR"],
@@ -673,7 +682,8 @@ def main(argv=None):
         for r in results:
             print(f"reference, {r['photo']} photo and reference at render {r['render_px']}: matching "
                   f"{r['matching_s']:.3f} s; colorize {r['colorize_s']:.3f} s, with the reference "
-                  f"{r['colorize_with_reference_s']:.3f} s")
+                  f"{r['colorize_with_reference_s']:.3f} s; with 10 hints {r['colorize_with_hints_s']:.3f} s "
+                  f"({r['colorize_with_hints_unspread_s']:.3f} s without spreading them)")
         write_json({"machine": m, "reference": results}, args.out)
         return 0
     if args.film:

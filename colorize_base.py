@@ -109,6 +109,7 @@ MAX_BAD_STEPS = 20                  # stop after this many consecutive steps wit
 RENDER_SIZE = 256                   # inference: longer side, pixels, at which the network sees the photo
 BACKEND = "auto"                    # inference engine: torch, onnx (onnxruntime: an .onnx WEIGHTS, or the .onnx beside a .pt) or auto
 SATURATION = 1.0                    # inference: the predicted colour (Lab ab) is multiplied by this; 1 = as predicted
+HINT_SPREAD = 0.125                 # inference with hints: the network's error at each hint is spread this far (x the longer side; 0 = off)
 TEMPORAL = 0.95                     # film: share of a still pixel's past colour (Lab ab) kept each frame, in [0, 1); 0 = every frame alone
 FRAME_RATE = 25.0                   # film from a folder of frames (--infer FOLDER --video): frames per second written
 EVAL_SIZE = 0                       # --eval: shorter side resized to this, centre square cut, pixels; 0 = full image
@@ -258,6 +259,7 @@ def check_config(cfg):
     for name in ("SOURCE_BALANCE", "MOSAIC", "HINT_SHARE", "HINT_COLOUR_BIAS"):
         need(0 <= cfg[name] <= 1, name, "in [0, 1]")
     need(0 <= cfg["EXPOSURE"] <= 4, "EXPOSURE", "in [0, 4] stops")
+    need(0 <= cfg["HINT_SPREAD"] <= 10, "HINT_SPREAD", "in [0, 10] (x the render's longer side)")
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
     need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
@@ -489,7 +491,7 @@ def main(argv=None):
             print(f"wrote {display_name(os.path.abspath(args.export))} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
             return 0
         colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"], cfg["SATURATION"],
-                                   cfg["BACKEND"], threads)
+                                   cfg["BACKEND"], threads, cfg["HINT_SPREAD"])
         if args.serve:
             from webapp import serve  # Gradio is an optional dependency
             serve(colorizer, args.host, args.port)

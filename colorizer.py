@@ -35,20 +35,21 @@ class Colorizer:
     on a torch device, or an ONNX model on onnxruntime) and the settings it colorizes with.
     Colorization is deterministic (no dropout, no sampling)."""
 
-    def __init__(self, network, render_size=256, max_pixels=100_000_000, weights=None, saturation=1.0):
+    def __init__(self, network, render_size=256, max_pixels=100_000_000, weights=None, saturation=1.0, hint_spread=0.125):
         self.network, self.cfg, self.weights = network, network.cfg, weights
         self.render_size, self.max_pixels, self.saturation = render_size, max_pixels, saturation
+        self.hint_spread = hint_spread
 
     @classmethod
     def load(cls, weights=BUNDLED_WEIGHTS, device="auto", render_size=256, max_pixels=100_000_000, saturation=1.0,
-             backend="auto", threads=0):
+             backend="auto", threads=0, hint_spread=0.125):
         """Load a checkpoint, exported model or ONNX model (default: the bundled one). The defaults are
-        those of RENDER_SIZE, MAX_PIXELS, SATURATION, BACKEND and THREADS in colorize_base.py, whose
+        those of RENDER_SIZE, MAX_PIXELS, SATURATION, BACKEND, THREADS and HINT_SPREAD in colorize_base.py, whose
         command line passes its own. backend: auto (onnx for an .onnx file or without PyTorch), torch
         or onnx; threads: onnxruntime's (0: its own choice; torch's are set by set_threads)."""
         backend, weights = choose_backend(os.fsdecode(weights), backend, device)  # a bytes path too
         network = OnnxNetwork(weights, threads) if backend == "onnx" else TorchNetwork.load(weights, device)
-        return cls(network, render_size, max_pixels, weights, saturation)
+        return cls(network, render_size, max_pixels, weights, saturation, hint_spread)
 
     @property
     def takes_hints(self):
@@ -66,7 +67,8 @@ class Colorizer:
         image: a file path, a PIL image, or an (H, W) / (H, W, 3) uint8 or float array (floats in [0, 1];
         NaN, Inf or values outside [0, 1] are refused), or (H, W, 2) / (H, W, 4) with alpha last.
         hints: colour hints [(x, y, "#rrggbb"), ...] in the image's own pixels (see hints.py); needs
-        a model trained with HINT_INPUT. None or [] is the automatic result.
+        a model trained with HINT_INPUT. None or [] is the automatic result. The network takes them,
+        and then its remaining error at each hint is spread around it (spread_hints, hint_spread).
         saturation: the predicted ab is multiplied by it (in Lab, after the network): 1 as predicted,
         0 gray, above 1 more colourful, at most MAX_SATURATION; None: the Colorizer's (SATURATION).
         reference: a colour photo (path, PIL image or array) whose colours guide this one: the parts of
@@ -99,6 +101,7 @@ class Colorizer:
 
         h, w = render_shape(H, W, render_size)
         planes = self._hint_input(hints, W, H, w, h, saturation) if hints else None  # checked before any work
+        users = planes  # the user's hints alone: those of a reference are guesses, not to be enforced
         if reference is not None:
             self.check_reference()
 
@@ -128,6 +131,8 @@ class Colorizer:
 
         # 2. the network, on the luminance padded to its multiple (repeating the edge)
         fake_B = self.network(pad_to(small, self.network.multiple, "edge"), planes)[..., :h, :w]
+        if users is not None:
+            fake_B = spread_hints(small, users[..., :h, :w], fake_B, self.hint_spread)
         if saturation != 1:
             fake_B = fake_B * np.float32(saturation)  # clamped to the ab range when converted back
         if guide is not None:  # as far as the photos look alike, the reference's palette over the whole
@@ -170,6 +175,51 @@ class Colorizer:
         if saturation > 0:  # in the network's own (muted) scale, so that the gain gives the hinted colour back
             planes[:, :2] /= saturation
         return pad_to(planes, self.network.multiple, "constant")
+
+
+HINT_SPREAD_LIGHTNESS = 15.0  # a hint's correction fades across lightness steps of about this many Lab L*
+HINT_SPREAD_REACH = 0.01      # how far a correction holds: at weight 0.01 of one hinted pixel it is half gone
+SPREAD_GRID = 64              # the corrections are summed on a grid of at most this many cells a side
+SPREAD_LEVELS = 8             # ... and this many lightness levels (a bilateral grid, Chen et al. 2007)
+
+
+def spread_hints(L, planes, ab, spread):
+    """The network's ab (1, 2, h, w) corrected around the user's hints: at each hinted pixel of planes
+    (1, 3, h, w) the error hint - ab, spread over the photo with weights that fall off as a Gaussian
+    of distance (sigma: spread x the longer side) and of lightness difference (L (1, 1, h, w), sigma
+    HINT_SPREAD_LIGHTNESS), so it stays on things as light as the hinted one (the edge-aware spread of
+    Levin et al. 2004, on the network's answer instead of on gray). Each pixel gets the weighted mean
+    error, damped to nothing far from every hint; the network's own use of a hint is local and
+    partial, and this makes the hinted colour hold where the user put it and on what surrounds it.
+    The sums run on a coarse grid of position and lightness, so the cost does not grow with the
+    number of hints or the render size."""
+    mask = planes[0, 2] > 0
+    if spread <= 0 or not mask.any():
+        return ab
+    h, w = mask.shape
+    cell = -(-max(h, w) // SPREAD_GRID)                           # render pixels per grid cell
+    gh, gw = -(-h // cell), -(-w // cell)
+    ys, xs = np.nonzero(mask)
+    error = planes[0, :2][:, ys, xs] - ab[0][:, ys, xs]          # (2, n)
+    levels = np.linspace(-1, 1, SPREAD_LEVELS, dtype=np.float32)  # L in network scaling: L* = 50 (L + 1)
+    sigma_l = HINT_SPREAD_LIGHTNESS / 50
+    near = np.exp(-(levels[:, None] - L[0, 0, ys, xs]) ** 2 / (2 * sigma_l ** 2))  # (levels, n)
+    index = (ys // cell) * gw + xs // cell
+    grid = np.stack([[np.bincount(index, k * v, gh * gw) for k in near] for v in (*error, np.ones_like(error[0]))])
+    sigma = spread * max(h, w) / cell                             # in grid cells
+
+    def gauss(n):
+        d = np.arange(n, dtype=np.float32)
+        return np.exp(-(d[:, None] - d) ** 2 / (2 * sigma ** 2))
+    grid = gauss(gh) @ grid.reshape(3, SPREAD_LEVELS, gh, gw).astype(np.float32) @ gauss(gw)
+    # each pixel reads the grid at its place (bilinear) and its lightness (linear between levels)
+    position = (L[0, 0] + 1) / 2 * (SPREAD_LEVELS - 1)
+    total = np.zeros((3, h, w), np.float32)
+    for k in range(SPREAD_LEVELS):
+        weight = np.maximum(0, 1 - np.abs(position - k))
+        if weight.any():
+            total += weight * linear_resize(linear_resize(grid[:, k], w, axis=2), h, axis=1)
+    return ab + (total[:2] / (total[2] + HINT_SPREAD_REACH))[None]
 
 
 def in_parallel(fn, items, threads):

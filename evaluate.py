@@ -251,7 +251,8 @@ def evaluate(colorizer, data_dir, out_dir, eval_size=0, num_samples=8, debug=Fal
         sheet = comparison_sheet(panels)
         atomic_write(os.path.join(out_dir, "sheet.png"), lambda fh: sheet.save(fh, format="PNG"), "report")
     summary = {"data": display_name(os.path.abspath(data_dir)), "weights": colorizer.weights,
-               "render_size": colorizer.render_size, "saturation": colorizer.saturation, "eval_size": eval_size,
+               "render_size": colorizer.render_size, "saturation": colorizer.saturation,
+               "hint_spread": colorizer.hint_spread if n_hints else None, "eval_size": eval_size,
                "hints": n_hints, "reference": reference_spec, "images": n_ok,
                "gray_left_out": gray_files, "failed": [f for f, _ in failed], **summarize(rows)}
     text = json.dumps(summary, indent=2)

@@ -2,6 +2,9 @@
 
     python doc_images/make_figures.py oldphotos --before weights/colorizer_bsds500.pt --after weights/colorizer.pt
     python doc_images/make_figures.py hints PHOTO HINTS.json --weights HINT_MODEL.pt --out doc_images/hints.jpg
+    (the README's two: ../shared/datasets/photos/val/clothing_cc0/images_32c91193-3fe7-48a1-8867-01c55e4f3985.jpg
+    with doc_images/hints_example.json, and ../shared/datasets/oldphotos/bopb_test_images_old_w_scratch_c.jpg with
+    doc_images/hints_oldphoto.json --out doc_images/hints_oldphoto.jpg; --weights weights/colorizer.pt)
 """
 import argparse
 import os
@@ -51,7 +54,7 @@ def main():
     old.add_argument("--before-saturation", type=float, default=1.0,
                      help="SATURATION for --before (1.0: as the previous bundled model shipped)")
     old.add_argument("--out", default=os.path.join(HERE, "oldphotos_before_after.jpg"))
-    hint = sub.add_parser("hints", help="gray | automatic | with hints, for one photo")
+    hint = sub.add_parser("hints", help="gray | automatic | with hints, the network alone and spread, for one photo")
     hint.add_argument("photo")
     hint.add_argument("hints")
     hint.add_argument("--weights", required=True)
@@ -73,8 +76,11 @@ def main():
         model, hints = Colorizer.load(args.weights), read_hints(args.hints)
         gray = model.colorize(args.photo, saturation=0.0)
         hinted = model.colorize(args.photo, hints=hints)
-        figure = row_of([gray, model.colorize(args.photo), with_markers(hinted, hints)],
-                        ["gray", "automatic", f"{len(hints)} hints (the dots)"], 360)
+        model.hint_spread = 0
+        alone = model.colorize(args.photo, hints=hints)
+        figure = row_of([gray, model.colorize(args.photo), with_markers(alone, hints), with_markers(hinted, hints)],
+                        ["gray", "automatic", f"{len(hints)} hints, the network alone", f"{len(hints)} hints (the dots)"],
+                        360)
     figure.save(args.out, quality=88)
     print(f"wrote {args.out} ({figure.width}x{figure.height})")
 

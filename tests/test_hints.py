@@ -9,7 +9,7 @@ import torch
 
 from backends import TorchNetwork
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from colorizer import Colorizer
+from colorizer import Colorizer, spread_hints
 from conftest import make_photos, photo, run_cli, tiny_cfg, tiny_checkpoint, train_args
 from data import simulate_hints
 from hints import HintError, check_hints, hint_planes, hints_json, parse_color, read_hints, sidecar_path
@@ -182,3 +182,38 @@ def test_eval_hints_are_true_colours_at_points_that_map_back_to_their_render_pix
             assert np.allclose(parse_color(colour), want, atol=1 / 255), (x, colour)
         planes = hint_planes([(x, y, colour)], 500, 300, 100, 60, side=1)
         assert planes[0, 2, y * 60 // 300, x * 100 // 500] == 1   # the render pixel it was drawn from
+
+
+class GrayNetwork:
+    """A stand-in hint network that answers gray (ab 0) whatever the hints: what is left of a hint
+    in the output then comes from spread_hints alone."""
+    multiple, hint_channels, cfg, threads = 1, 3, {}, 1
+
+    def __call__(self, L, hints=None):
+        return np.zeros((L.shape[0], 2, *L.shape[2:]), np.float32)
+
+
+def test_a_hint_holds_where_it_is_put_and_spreads_over_things_as_light_not_across_an_edge():
+    gray = np.full((64, 96), 60, np.uint8)
+    gray[:, 48:] = 200                             # a dark left half, a light right one
+    red = ab_of("#b03030") * AB_SCALE
+    spread, alone = (np.asarray(Colorizer(GrayNetwork(), render_size=96, hint_spread=s)
+                                .colorize(gray, hints=[(20, 32, "#b03030")])) for s in (0.125, 0))
+    ab = rgb_to_lab(spread.transpose(2, 0, 1)[None].astype(np.float32) / 255)[0, 1:]
+    assert np.abs(rgb_to_lab(alone.transpose(2, 0, 1)[None].astype(np.float32) / 255)[0, 1:]).max() < 1  # off: gray
+    assert np.abs(ab[:, 32, 20] - red).max() < 3   # the hinted colour at the hint (8-bit, dark: a few units)
+    assert ab[0, 32, 40] > 0.8 * red[0]            # 20 px on, on the same dark thing: nearly all of it
+    assert ab[0, 32, 56] < 0.1 * red[0]            # past the edge, on the light half, as near: hardly any
+    assert ab[0, 4, 4] > 0.3 * red[0]              # the far corner of the dark half: some, fading
+
+
+def test_the_spread_cost_does_not_grow_with_the_number_of_hints():
+    rng = np.random.default_rng(0)
+    L = rng.uniform(-1, 1, (1, 1, 128, 160)).astype(np.float32)
+    ab = np.zeros((1, 2, 128, 160), np.float32)
+    planes = np.zeros((1, 3, 128, 160), np.float32)
+    planes[0, :2] = 0.3
+    planes[0, 2] = 1                # every pixel hinted: still summed on a grid of 64 cells a side
+    out = spread_hints(L, planes, ab, 0.125)
+    assert out.shape == ab.shape and np.allclose(out, 0.3, atol=0.01)  # each pixel its hint, all but the damping
+    assert spread_hints(L, np.zeros_like(planes), ab, 0.125) is ab  # no hints: the network's answer

@@ -174,9 +174,10 @@ def test_hints_of_the_augmented_truth_beat_the_automatic_result():
 
 def test_colorize_with_a_reference_is_its_hints_then_its_palette(tmp_path, monkeypatch):
     """reference= is the hints reference_hints gives, merged under the user's, and then the
-    reference's palette as far as the photos look alike; with the user's own hints, no palette."""
+    reference's palette as far as the photos look alike; with the user's own hints, no palette. The
+    reference's hints are not spread (HINT_SPREAD), so they are compared with spreading off."""
     path = tiny_checkpoint(tmp_path / "tiny.pt", HINT_INPUT=True)
-    colorizer = Colorizer.load(path, "cpu", render_size=64, saturation=1)
+    colorizer = Colorizer.load(path, "cpu", render_size=64, saturation=1, hint_spread=0)
     rgb = photo(80, 64, seed=4)
     ref = rgb[:, ::-1]  # its mirror: every cell has a match
     small = photo_L(rgb.astype(np.float32) / 255, 64)
@@ -186,6 +187,9 @@ def test_colorize_with_a_reference_is_its_hints_then_its_palette(tmp_path, monke
     monkeypatch.setattr(reference, "PALETTE_SIMILARITY", never)
     monkeypatch.setattr(reference, "PALETTE_HINTS", {k: 0 for k in reference.PALETTE_HINTS})
     got = np.asarray(colorizer.colorize(rgb, reference=ref), int)
+    colorizer.hint_spread = 0.125
+    assert np.array_equal(np.asarray(colorizer.colorize(rgb, reference=ref), int), got)  # guesses: not spread
+    colorizer.hint_spread = 0
     mine = reference_hints(colorizer.network.netG, small, ref, (80, 64))
     want = np.asarray(colorizer.colorize(rgb, hints=mine) if mine else colorizer.colorize(rgb), int)
     assert np.abs(got - want).max() <= 1
