@@ -66,6 +66,7 @@ EPOCHS = 200                        # passes over the training set (an epoch: as
 SOURCE_BALANCE = 0.0                # 0: every photo equally often; 1: every source folder (first level under a DATA_DIR entry) equally often
 MOSAIC = 0.0                        # share of training images made 2x2 mosaics of four half-size photos (subjects at scene scale)
 EXPOSURE = 0.0                      # training: each image's exposure changes by up to this many stops, in linear light
+TARGET_SATURATION = 1.0             # training: the true colour (Lab ab) the generator learns is multiplied by this (DDColor-style 1.2: more vivid)
 MAX_STEPS = 0                       # stop after this many generator steps; 0 = no limit
 LR_G = 1e-4                         # generator Adam learning rate (TTUR, SAGAN)
 LR_D = 4e-4                         # discriminator Adam learning rate (TTUR, SAGAN)
@@ -259,6 +260,7 @@ def check_config(cfg):
     for name in ("SOURCE_BALANCE", "MOSAIC", "HINT_SHARE", "HINT_COLOUR_BIAS"):
         need(0 <= cfg[name] <= 1, name, "in [0, 1]")
     need(0 <= cfg["EXPOSURE"] <= 4, "EXPOSURE", "in [0, 4] stops")
+    need(0.5 <= cfg["TARGET_SATURATION"] <= 2, "TARGET_SATURATION", "in [0.5, 2]")
     need(0 <= cfg["HINT_SPREAD"] <= 10, "HINT_SPREAD", "in [0, 10] (x the render's longer side)")
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")

@@ -142,16 +142,18 @@ def simulate_hints(real_B, share=0.5, geom_p=0.125, max_side=9, colour_bias=0.5)
                                 in zip(img.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), means)])
 
 
-def to_net_input(batch_uint8, device, mosaic_share=0.0, exposure=0.0):
+def to_net_input(batch_uint8, device, mosaic_share=0.0, exposure=0.0, saturation=1.0):
     """uint8 RGB batch (B, 3, H, W) -> (real_A, real_B) on device, in network scaling; with
     mosaic_share, that share of the images become mosaics of four (see mosaic); with exposure,
-    each image's exposure changes by up to that many stops (see expose)."""
+    each image's exposure changes by up to that many stops (see expose); with saturation, the true
+    ab is multiplied by it (clipped to the ab range): a more vivid target, while gray stays gray."""
     rgb = batch_uint8.to(device, non_blocking=True).float() / 255
     if exposure:
         rgb = expose(rgb, exposure)
     if mosaic_share:
         rgb = mosaic(rgb, mosaic_share)
-    return lab_to_net(rgb_to_lab(rgb))
+    real_A, real_B = lab_to_net(rgb_to_lab(rgb))
+    return real_A, real_B if saturation == 1 else (real_B * saturation).clamp(-1, 1)
 
 
 # -----------------------------------------------------------------------------

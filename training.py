@@ -134,7 +134,8 @@ def image_losses(real_A, fake_B, real_B, cfg, vgg=None, perc=None):
 def net_batch(batch_uint8, device, cfg):
     """A uint8 RGB batch from the loader -> (real_A, real_B) on device, in the networks' memory format."""
     return tuple(t.contiguous(memory_format=memory_format(cfg))
-                 for t in to_net_input(batch_uint8, device, cfg["MOSAIC"], cfg["EXPOSURE"]))
+                 for t in to_net_input(batch_uint8, device, cfg["MOSAIC"], cfg["EXPOSURE"],
+                                          cfg["TARGET_SATURATION"]))
 
 
 def training_hints(real_B, cfg):

@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import color
 
 from conftest import write_png16
-from data import ColorizationDataset, expose, mosaic, scan_images, split_files
+from data import ColorizationDataset, expose, mosaic, scan_images, split_files, to_net_input
 from images import find_images, lab_to_net, lab_to_rgb, load_image, net_to_lab, rgb_to_lab, srgb_to_linear
 
 
@@ -126,6 +126,17 @@ def test_expose_scales_linear_light_keeps_neutrals_neutral_and_clips():
     ratio = lin / srgb_to_linear(colour)
     assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-4)  # one gain for all three channels
     assert expose(torch.ones(4, 3, 2, 2), 3.0).max() <= 1  # brightened white is clipped, not above 1
+
+
+def test_target_saturation_scales_the_true_colour_and_keeps_gray_gray():
+    batch = torch.tensor([[200, 60, 40], [128, 128, 128], [40, 200, 255]], dtype=torch.uint8).view(1, 3, 3, 1)
+    batch = batch.permute(0, 2, 1, 3).expand(1, 3, 3, 4).contiguous()        # a red, a gray and a cyan row
+    A, B = to_net_input(batch, "cpu")
+    A2, B2 = to_net_input(batch, "cpu", saturation=1.2)
+    assert torch.equal(A, A2)                                                # the L the network sees: the same
+    assert torch.allclose(B2[..., :1, :], B[..., :1, :] * 1.2, atol=1e-6)    # the red row: 1.2 x its ab
+    assert B2[..., 1, :].abs().max() < 1e-3                                  # gray stays gray
+    assert B2.abs().max() <= 1                                               # clipped to the ab range
 
 
 def test_mosaic_shrinks_by_averaging():
