@@ -90,6 +90,8 @@ NETWORK_CONSTANTS = {
     "SPECTRAL_NORM": (_is_bool, "true or false"),
     "HINT_INPUT": (_is_bool, "true or false"),
     "HINT_DECODER": (_is_bool, "true or false"),
+    "AB_CLASSES": (_is_bool, "true or false"),
+    "ANNEALED_T": (lambda v: type(v) in (int, float) and 0.01 <= v <= 10, "a number in [0.01, 10]"),
     "DROPOUT": (lambda v: type(v) in (int, float) and 0 <= v < 1, "a number in [0, 1)"),
 }
 

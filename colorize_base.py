@@ -45,7 +45,7 @@ try:  # all but --infer need PyTorch; without it (requirements-lite.txt) --infer
     from onnx_export import export_onnx
     from runtime import (CSVLog, any_rank, autocast_for, describe_device, init_distributed, lock_run_dir, make_loader,
                          rng_state, save_sample_grid, stop_signals, wrap_for_processes)
-    from training import build_perceptual, build_vgg, resume, start_generator, step
+    from training import build_class_loss, build_perceptual, build_vgg, resume, start_generator, step
 except ModuleNotFoundError as e:
     if e.name != "torch":
         raise
@@ -86,6 +86,10 @@ D_WARMUP_STEPS = 0                  # then this many steps train D alone, G fixe
 LAMBDA_PERC = 0.0                   # weight of the perceptual loss on a frozen ImageNet EfficientNet-Lite (ENCODER's, or lite0); 0 = off
 LAMBDA_CF = 0.0                     # weight of DDColor's colourfulness loss, 1 - colourfulness of the RGB output; 0 = off (DDColor: 0.5)
 CF_MODE = "ddcolor"                 # the colourfulness loss: ddcolor (more colour, always) or truth (the true photo's colourfulness, per image)
+AB_CLASSES = False                  # a pretrained-ENCODER generator predicts colour as classes of ab (Zhang et al. 2016); --init may add them
+LAMBDA_CE = 1.0                     # with AB_CLASSES: weight of the cross-entropy on the colour classes
+CLASS_REBALANCE = 1.0               # with AB_CLASSES: rare colours weigh 1 / ((1 - this) p + this / Q); 1 = all alike (Zhang et al.: 0.5)
+ANNEALED_T = 0.38                   # with AB_CLASSES: temperature of the annealed mean; 1 = the mean colour, lower = the likeliest (Zhang: 0.38)
 NGF = 32                            # generator width of the first layer, channels
 N_DOWNS = 6                         # generator depth: 64x down, so inputs are padded to multiples of 64
 ATTN_FACTORS = (8,)                 # self-attention after the decoder level at input/f, for each f (8: 32x32 of a 256 input)
@@ -126,7 +130,7 @@ DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or c
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
 HERE = os.path.dirname(os.path.abspath(__file__))
 G_ARCH_KEYS = ("ENCODER", "NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT")  # what --init carries over
-HINT_KEYS = ("HINT_INPUT", "HINT_DECODER")  # --init may add hint inputs to a model, never take them away
+HINT_KEYS = ("HINT_INPUT", "HINT_DECODER", "AB_CLASSES")  # --init may add hint inputs and colour classes, never take them away
 ARCH_KEYS = G_ARCH_KEYS + HINT_KEYS + ("NDF", "N_LAYERS_D", "NUM_D")
 PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "INIT", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
@@ -265,8 +269,11 @@ def check_config(cfg):
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
     need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
-    for name in ("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "ENCODER_LR_MULT"):
+    for name in ("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "LAMBDA_CE",
+                 "ENCODER_LR_MULT"):
         need(cfg[name] >= 0, name, "0 or more")
+    need(0 < cfg["CLASS_REBALANCE"] <= 1, "CLASS_REBALANCE", "in (0, 1]")
+    need(0.01 <= cfg["ANNEALED_T"] <= 10, "ANNEALED_T", "in [0.01, 10]")
     need(cfg["N_DOWNS"] <= 10, "N_DOWNS", "at most 10 (1024x down)")
     # upper bounds: far beyond any real use, low enough that no allocation or thread pool blows up
     for names, most in ((("IMAGE_SIZE", "BATCH_SIZE"), 4096), (("RENDER_SIZE",), 8192), (("EVAL_SIZE",), 16384),
@@ -275,7 +282,8 @@ def check_config(cfg):
                         (("EPOCHS", "MAX_BAD_STEPS"), 10 ** 9), (("LR_G", "LR_D"), 1.0), (("SATURATION",), 100.0),
                         (("MAX_STEPS", "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "FREEZE_STEPS", "NOGAN_STEPS",
                           "D_WARMUP_STEPS"), 10 ** 12),
-                        (("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF"), 1e6),
+                        (("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF",
+                          "LAMBDA_CE"), 1e6),
                         (("ENCODER_LR_MULT", "HINT_LR_MULT"), 1e3)):
         for name in names:
             need(cfg[name] <= most, name, f"at most {most if isinstance(most, int) else f'{most:g}'}")
@@ -285,6 +293,7 @@ def check_config(cfg):
         need(cfg["CF_MODE"] in losses.CF_MODES, "CF_MODE", ", ".join(losses.CF_MODES))
     unet = cfg["ENCODER"] == "unet"
     need(unet or cfg["NGF"] % 2 == 0, "NGF", "even with a pretrained ENCODER")
+    need(not (unet and cfg["AB_CLASSES"]), "AB_CLASSES", "false with the unet ENCODER (the classes are for a pretrained one)")
     downs = cfg["N_DOWNS"] if unet else 5  # EfficientNet-Lite: stride 32
     m = 2 ** downs
     need(cfg["IMAGE_SIZE"] % m == 0, "IMAGE_SIZE", f"a positive multiple of 2**N_DOWNS = {m}" if unet
@@ -364,6 +373,7 @@ def _train(cfg, fresh, rank, world, device):
     dataset, weights, sample_rgb, batch_size, steps_per_epoch, total_steps = training_data(cfg, world, log)
     cfg, state = start_state(cfg, ckpt_path, fresh, rank, device, log)
     vgg, perc, amp = build_vgg(cfg, device), build_perceptual(cfg, device), autocast_for(device, cfg)
+    classes = build_class_loss(cfg, state.netG, device)
     if state.batch_in_epoch >= steps_per_epoch:  # the data set shrank since the checkpoint
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     csv_log = CSVLog(os.path.join(run_dir, "log.csv"), state.step, enabled=master)
@@ -388,7 +398,7 @@ def _train(cfg, fresh, rank, world, device):
             if getattr(state.netG, "encoder_frozen", False) and state.step >= cfg["FREEZE_STEPS"]:
                 nets = wrap_for_processes(state, cfg, world, device)
                 log(f"step {state.step}: the encoder trains from now on, at {cfg['ENCODER_LR_MULT']} x LR_G")
-            ok, losses = step(state, batch, cfg, amp, nets, vgg, perc, steps_per_epoch)
+            ok, losses = step(state, batch, cfg, amp, nets, vgg, perc, steps_per_epoch, classes)
             bad_in_row = 0 if ok else bad_in_row + 1
             if not ok:
                 warn_skipped(state, bad_in_row, cfg, ckpt_path, log)

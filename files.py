@@ -19,7 +19,7 @@ class UserError(Exception):
 # .onnx) keeps meaning what it meant when its default has changed since. A constant added later goes here.
 ABSENT_MEANS = {"ENCODER": "unet", "HINT_INPUT": False, "HINT_DECODER": False, "EXPOSURE": 0.0, "MOSAIC": 0.0, "LAMBDA_PERC": 0.0,
                 "LAMBDA_CF": 0.0, "FREEZE_STEPS": 0, "NOGAN_STEPS": 0,
-                "D_WARMUP_STEPS": 0}
+                "D_WARMUP_STEPS": 0, "AB_CLASSES": False, "ANNEALED_T": 0.38}
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -16,7 +16,7 @@ from models import EfficientNetLite, imagenet_input, imagenet_weights, load_imag
 GAN_MODES = ("hinge", "lsgan", "vanilla")
 CF_MODES = ("ddcolor", "truth")
 LOSS_NAMES = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_FM", "loss_G_L1", "loss_G_VGG", "loss_G_perc",
-              "loss_G_CF")  # what step.train_step returns, in this order: the columns of log.csv
+              "loss_G_CF", "loss_G_CE")  # what step.train_step returns, in this order: the columns of log.csv
 
 
 def gan_loss(pred, target_is_real, mode="hinge", for_discriminator=True):
@@ -165,3 +165,45 @@ def colourfulness_loss(fake_rgb, real_rgb=None):
     if real_rgb is None:
         return (1 - colourfulness(fake_rgb)).mean()
     return (colourfulness(fake_rgb) - colourfulness(real_rgb)).abs().mean()
+
+
+class ClassLoss(nn.Module):
+    """Zhang et al. 2016's loss on the colour classes (models.ABClassifier): cross-entropy against the
+    truth soft-encoded on its 5 nearest bins (Gaussian weights, sigma 5 Lab units), each pixel weighted
+    by the rarity of its colour, w proportional to 1 / ((1 - rebalance) p + rebalance / Q), normalised
+    so the expected weight is 1. p is the training colours' distribution over the bins, smoothed
+    (Gaussian, sigma 5), a running mean over the batches seen (it starts uniform, which weighs all
+    alike). rebalance 1: no rebalancing; Zhang et al.: 0.5, vivid but rare colours on white things."""
+
+    SIGMA = 5.0 / AB_SCALE
+
+    def __init__(self, bins, rebalance=1.0, momentum=0.99):
+        super().__init__()
+        q = len(bins)
+        d2 = torch.cdist(bins.double(), bins.double()) ** 2
+        self.register_buffer("bins", bins.float())
+        self.register_buffer("smooth", torch.softmax(-d2 / (2 * self.SIGMA ** 2), dim=1).float())  # rows sum to 1
+        self.register_buffer("prior", torch.full((q,), 1.0 / q))
+        self.rebalance, self.momentum = rebalance, momentum
+
+    def weights(self):
+        """The weight of each class, (Q,)."""
+        p = self.prior @ self.smooth
+        w = 1 / ((1 - self.rebalance) * p + self.rebalance / len(p))
+        return w / (p * w).sum()
+
+    def forward(self, logits, real_B):
+        """logits (B, Q, h, w); real_B the true ab (B, 2, H, W), pooled to h x w."""
+        with torch.no_grad():
+            ab = F.adaptive_avg_pool2d(real_B.float(), logits.shape[-2:])
+            b = self.bins
+            d2 = (ab * ab).sum(1, keepdim=True) - 2 * F.conv2d(ab, b[:, :, None, None]) + (b * b).sum(1)[:, None, None]
+            dist, idx = d2.topk(5, dim=1, largest=False)                # (B, 5, h, w)
+            soft = torch.softmax(-dist / (2 * self.SIGMA ** 2), dim=1)
+            if self.training:
+                seen = torch.bincount(idx[:, 0].flatten(), minlength=len(b)).float()
+                self.prior.lerp_(seen / seen.sum(), 1 - self.momentum)
+            w = self.weights()[idx[:, 0]]                               # (B, h, w)
+        logits = logits.float()
+        ce = torch.logsumexp(logits, dim=1) - (soft * logits.gather(1, idx)).sum(1)
+        return (w * ce).mean()

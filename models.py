@@ -9,6 +9,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from data import pad_to_multiple
 from hints import HINT_CHANNELS
+from images import AB_SCALE, rgb_to_lab
 
 
 def _sn(module, enabled):
@@ -105,7 +106,8 @@ class UnetGenerator(nn.Module):
         """x padded to this network's multiple (data.pad_to_multiple)."""
         return pad_to_multiple(x, self.multiple, mode)
 
-    def forward(self, x, hints=None):
+    def forward(self, x, hints=None, with_logits=False):
+        """ab (B, 2, H, W); with_logits, (ab, None): this generator has no colour classes."""
         m = self.multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"generator input sides must be multiples of {m}, got {tuple(x.shape[-2:])} "
@@ -125,7 +127,7 @@ class UnetGenerator(nn.Module):
                 x = self.attn[str(j)](x)
             if skips:
                 x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 * widths[i - 1], H/2^i, W/2^i)
-        return x                                 # (B, 2, H, W)
+        return (x, None) if with_logits else x   # (B, 2, H, W)
 
 
 # -----------------------------------------------------------------------------
@@ -268,6 +270,48 @@ def pooled_hints(hints, stride):
     return torch.cat([F.avg_pool2d(ab * mask, stride) / area.clamp(min=stride ** -2), (area > 0).to(hints.dtype)], 1)
 
 
+def ab_bins(step=10.0):
+    """The colour classes of Zhang et al. 2016: the centres of the step x step (Lab units) cells of the
+    ab plane that some sRGB colour falls in, (Q, 2) in net units (Lab / AB_SCALE); Q is 261 for 10."""
+    levels = torch.linspace(0, 1, 64, dtype=torch.float64)
+    ab = rgb_to_lab(torch.cartesian_prod(levels, levels, levels).T.reshape(1, 3, -1, 1))[0, 1:, :, 0].T
+    return (torch.unique(torch.round(ab / step), dim=0) * step / AB_SCALE).float()
+
+
+class ABClassifier(nn.Module):
+    """Colour as classes (Zhang et al. 2016): logits over the quantised ab bins at 1/4 resolution,
+    decoded by the annealed mean (softmax at temperature T, then the mean of the bins: T 1 gives the
+    mean colour, T towards 0 the likeliest one, so a thing that is blue or white stays one of the two
+    where the mean would paint it pale blue).
+
+    The logits are a learned part (a 3x3 and a 1x1 convolution, the last zero at first) plus
+    (1 + gain) times a Gaussian (sigma 16 Lab units, gain zero at first) around the regression head's
+    answer: a regression model's weights start it at what that model paints."""
+
+    SIGMA = 16.0 / AB_SCALE  # at T 0.38 the annealed mean of the Gaussian alone is about its centre
+
+    def __init__(self, c_in, hidden=32, temperature=0.38, use_sn=True):
+        super().__init__()
+        self.register_buffer("bins", ab_bins())
+        self.net = nn.Sequential(_sn(nn.Conv2d(c_in, hidden, 3, 1, 1), use_sn), nn.ReLU(True),
+                                 nn.Conv2d(hidden, len(self.bins), 1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+        self.gain = nn.Parameter(torch.zeros(()))
+        self.temperature = temperature
+
+    def forward(self, z, ab):
+        """z (B, c_in, h, w) features, ab (B, 2, h, w) the regression answer -> logits (B, Q, h, w)."""
+        b = self.bins.to(ab.dtype)
+        near = F.conv2d(ab, b[:, :, None, None], -0.5 * (b * b).sum(1))  # ab.b - |b|^2 / 2: -|ab - b|^2 / 2 + const
+        return self.net(z) + (1 + self.gain) * near / self.SIGMA ** 2
+
+    def decode(self, logits):
+        """The annealed mean, (B, 2, h, w) in net units."""
+        p = torch.softmax(logits.float() / self.temperature, dim=1)
+        return F.conv2d(p, self.bins.T[:, :, None, None])
+
+
 class PretrainedUnetGenerator(nn.Module):
     """The U-Net with an ImageNet-pretrained EfficientNet-Lite encoder (as DeOldify's on ResNet):
     L (B, 1, H, W) in [-1, 1] -> ab (B, 2, H, W) in [-1, 1], H and W multiples of 32.
@@ -279,10 +323,13 @@ class PretrainedUnetGenerator(nn.Module):
     enter through hint_in, zero at first, added to the stem's output as in UnetGenerator. With
     hint_decoder they also enter each decoder level, before its attention (hint_dec, zero at first):
     the encoder learns slowly from its ImageNet start, the decoder at full rate, and attention
-    can carry a hinted colour to the rest of the thing it belongs to."""
+    can carry a hinted colour to the rest of the thing it belongs to. With ab_classes an ABClassifier on
+    the decoder level at stride 4 and L decides the colour at 1/4 resolution (as Zhang et al.), and
+    the regression head adds its detail: ab = reg + up(classes - down(reg)), down a 4x4 mean, up
+    bilinear. From a regression model's weights the classes start at down(reg), the output at reg."""
 
     def __init__(self, encoder="efficientnet_lite0", ngf=32, attn_factors=(8,), use_sn=True, hint_channels=0,
-                 hint_decoder=False):
+                 hint_decoder=False, ab_classes=False, temperature=0.38):
         super().__init__()
         self.encoder, self.hint_channels, self.encoder_frozen = EfficientNetLite(encoder), hint_channels, False
         skips = self.encoder.skip_channels                    # at strides 2, 4, 8, 16, 32
@@ -303,6 +350,7 @@ class PretrainedUnetGenerator(nn.Module):
             c = w
         self.out = nn.Sequential(_sn(nn.Conv2d(c + 1, ngf // 2, 3, 1, 1), use_sn), nn.ReLU(True),
                                  nn.Conv2d(ngf // 2, 2, 3, 1, 1), nn.Tanh())
+        self.classes = ABClassifier(widths[2] + 1, temperature=temperature, use_sn=use_sn) if ab_classes else None
 
     multiple = 32
     pad = UnetGenerator.pad
@@ -318,7 +366,8 @@ class PretrainedUnetGenerator(nn.Module):
         self.encoder.train(mode and not self.encoder_frozen)
         return self
 
-    def forward(self, x, hints=None):
+    def forward(self, x, hints=None, with_logits=False):
+        """ab (B, 2, H, W); with_logits, (ab, the colour classes' logits at H/4 x W/4 or None)."""
         if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
             raise ValueError(f"generator input sides must be multiples of {self.multiple}, got {tuple(x.shape[-2:])} "
                              f"(pad them with netG.pad)")
@@ -334,8 +383,16 @@ class PretrainedUnetGenerator(nn.Module):
                 h = h + self.hint_dec[j](pooled_hints(hints.to(h.dtype), 2 ** (4 - j)))
             if str(j) in self.attn:
                 h = self.attn[str(j)](h)
-        h = F.interpolate(h, scale_factor=2, mode="nearest")
-        return self.out(torch.cat([h, x], dim=1))            # (B, 2, H, W)
+            if j == 2:
+                h4 = h                                       # (B, 2ngf, H/4, W/4)
+        ab = self.out(torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), x], dim=1))  # (B, 2, H, W)
+        logits = None
+        if self.classes is not None:
+            coarse = F.avg_pool2d(ab, 4)
+            logits = self.classes(torch.cat([h4, F.avg_pool2d(x, 4)], dim=1), coarse)  # (B, Q, H/4, W/4)
+            change = self.classes.decode(logits).to(ab.dtype) - coarse
+            ab = ab + F.interpolate(change, scale_factor=4, mode="bilinear", align_corners=False)
+        return (ab, logits) if with_logits else ab
 
 
 class NLayerDiscriminator(nn.Module):
@@ -400,7 +457,8 @@ def build_generator(cfg):
     hint_channels = HINT_CHANNELS if cfg.get("HINT_INPUT", False) else 0
     if cfg.get("ENCODER", "unet") != "unet":
         return PretrainedUnetGenerator(cfg["ENCODER"], cfg["NGF"], tuple(cfg["ATTN_FACTORS"]), cfg["SPECTRAL_NORM"],
-                                       hint_channels, uses_hint_decoder(cfg))
+                                       hint_channels, uses_hint_decoder(cfg), cfg.get("AB_CLASSES", False),
+                                       cfg.get("ANNEALED_T", 0.38))
     return UnetGenerator(ngf=cfg["NGF"], n_downs=cfg["N_DOWNS"], attn_factors=tuple(cfg["ATTN_FACTORS"]),
                          use_sn=cfg["SPECTRAL_NORM"], dropout=cfg["DROPOUT"], hint_channels=hint_channels)
 
@@ -416,12 +474,14 @@ def hint_parameters(netG):
     return [p for name, p in netG.named_parameters() if name.startswith(("hint_in.", "hint_dec."))]
 
 
+ADDABLE = ("hint_in.", "hint_dec.", "classes.")  # the branches a fine-tune may add to a model
+
+
 def with_hint_input(state, netG):
-    """A generator's state dict made to fit netG, which takes hints in more places than it did (an
-    automatic model, or hints at the stem only): the new hint branches start at zero, so the widened
-    network computes exactly what the old one did until fine-tuning teaches it to use them."""
-    return {**{name: torch.zeros_like(p) for name, p in netG.state_dict().items()
-               if name.startswith(("hint_in.", "hint_dec."))}, **state}
+    """A generator's state dict made to fit netG, which has branches the file lacks (hint inputs in more
+    places, the colour classes): they keep netG's own start, zero where they add to the network, so
+    the widened network computes what the old one did until fine-tuning teaches it to use them."""
+    return {**{name: p for name, p in netG.state_dict().items() if name.startswith(ADDABLE)}, **state}
 
 
 def build_discriminator(cfg):

@@ -9,7 +9,8 @@ from checkpoint import check_finite, file_constants
 from data import simulate_hints, to_net_input
 from files import UserError
 from images import lab_to_rgb, net_to_lab
-from losses import EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss, l1_loss
+from losses import (ClassLoss, EncoderPerceptualLoss, VGGLoss, colourfulness_loss, feature_matching_loss, gan_loss,
+                    l1_loss)
 from models import imagenet_weights, load_imagenet, memory_format, uses_hint_decoder
 from runtime import any_rank
 
@@ -49,7 +50,8 @@ def split_pred(pred, n):
     return [[f[:n] for f in feats] for feats in pred], [[f[n:] for f in feats] for feats in pred]
 
 
-def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None, hints=None, perc=None):
+def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=None, hints=None, perc=None,
+               classes=None):
     """One GAN step on state: D on a detached fake, then G with D frozen; each optimizer steps only
     when its loss and gradients are finite (in every process, under torchrun). Returns (ok, losses):
     ok is False when the step was skipped, losses a detached tensor in LOSS_NAMES order. In the
@@ -58,7 +60,8 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
 
     nets: the (netG, netD) to run forward, e.g. DistributedDataParallel wrappers of state.netG and
     state.netD; the G step runs the plain D, since it needs no D gradients. hints: the generator's
-    hint input (B, 3, H, W) for a HINT_INPUT model; D judges the colourization as without hints."""
+    hint input (B, 3, H, W) for a HINT_INPUT model; D judges the colourization as without hints.
+    classes: the ClassLoss of an AB_CLASSES generator."""
     netG, netD = nets or (state.netG, state.netD)
     optG, optD, scaler, plainD = state.optG, state.optD, state.scaler, state.netD
     real_AB = torch.cat([real_A, real_B], dim=1)
@@ -68,7 +71,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
     # D step, on a detached fake; fake and real pairs go through D as one batch (one forward per backward)
     g_step = not d_only(cfg, state.step)
     with amp, torch.set_grad_enabled(g_step):
-        fake_B = netG(real_A, hints)
+        fake_B, logits = netG(real_A, hints, with_logits=True)
     loss_D_fake = loss_D_real = zero
     ok = True
     if gan:
@@ -91,7 +94,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
         for b, saved in zip(state.netG.buffers(), buffers_G):
             b.copy_(saved)
         scaler.update()
-        return ok, torch.stack([loss_D_real, loss_D_fake] + [zero] * 6).float().detach()
+        return ok, torch.stack([loss_D_real, loss_D_fake] + [zero] * 7).float().detach()
     with amp:
         loss_G_GAN = loss_G_FM = zero
         if gan:
@@ -103,7 +106,8 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
             loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
         loss_G_L1 = l1_loss(fake_B.float(), real_B, real_A, cfg["L1_NEUTRAL_WEIGHT"]) * cfg["LAMBDA_L1"]
         loss_G_VGG, loss_G_perc, loss_G_CF = image_losses(real_A, fake_B, real_B, cfg, vgg, perc)
-        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF
+        loss_G_CE = zero if classes is None else classes(logits, real_B) * cfg["LAMBDA_CE"]
+        loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF + loss_G_CE
     optG.zero_grad(set_to_none=True)
     if ok:
         scaler.scale(loss_G).backward()
@@ -115,7 +119,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
             b.copy_(saved)
     scaler.update()
     return ok, torch.stack([loss_D_real, loss_D_fake, loss_G_GAN, loss_G_FM, loss_G_L1, loss_G_VGG, loss_G_perc,
-                            loss_G_CF]).float().detach()
+                            loss_G_CF, loss_G_CE]).float().detach()
 
 
 def image_losses(real_A, fake_B, real_B, cfg, vgg=None, perc=None):
@@ -169,16 +173,23 @@ def build_perceptual(cfg, device):
         raise UserError(f"{'--lambda-perc'} {cfg['LAMBDA_PERC']}: {e}") from None
 
 
+def build_class_loss(cfg, netG, device):
+    """The loss on the colour classes for an AB_CLASSES generator (its bins), else None."""
+    if getattr(netG, "classes", None) is None:
+        return None
+    return ClassLoss(netG.classes.bins, cfg["CLASS_REBALANCE"]).to(device)
+
+
 # -----------------------------------------------------------------------------
 
-def step(state, batch, cfg, amp=nullcontext(), nets=None, vgg=None, perc=None, steps_per_epoch=0):
+def step(state, batch, cfg, amp=nullcontext(), nets=None, vgg=None, perc=None, steps_per_epoch=0, classes=None):
     """One whole training step on a uint8 RGB batch from the loader: the batch to tensors, simulated
     hints for a HINT_INPUT model, train_step, the counters, and after a good step the EMA with its
     warm-up. The epoch position moves on either way (the loader used the batch); steps_per_epoch 0
     leaves the epoch alone. Returns (ok, losses) as train_step does."""
     real_A, real_B = net_batch(batch, next(state.netG.parameters()).device, cfg)
     hints = training_hints(real_B, cfg) if cfg["HINT_INPUT"] else None
-    ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets, hints, perc)
+    ok, losses = train_step(state, real_A, real_B, cfg, amp, vgg, nets, hints, perc, classes)
     state.batch_in_epoch += 1
     if state.batch_in_epoch == steps_per_epoch:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -222,7 +233,8 @@ def start_generator(state, cfg, init, log):
     if init:
         check_finite(init["netG_ema"], cfg["INIT"], "generator")
         state.init_generator(init["netG_ema"], cfg["INIT"])
-        added = " (with new zero-weight hint inputs)" if set(state.netG.state_dict()) - set(init["netG_ema"]) else ""
+        new = {k.split(".")[0] for k in set(state.netG.state_dict()) - set(init["netG_ema"])}
+        added = f" (with new branches starting at zero: {', '.join(sorted(new))})" if new else ""
         log(f"fine-tuning from {cfg['INIT']} (its step {init['step']}): generator and EMA from it{added}, "
             f"discriminators and optimizers new")
     elif cfg["ENCODER"] != "unet":
