@@ -154,13 +154,25 @@ def write_model(out, cfg, step, netG_state, about=None):
     save_checkpoint(small, out, "model")
 
 
-def export(weights, out, about=None):
+def with_temperature(ckpt, annealed_t, path):
+    """ckpt with its colour classes decoded at annealed_t (None: as they are); UserError for a model
+    without colour classes, for which a temperature means nothing."""
+    if annealed_t is None:
+        return ckpt
+    if not file_constants(ckpt, {})["AB_CLASSES"]:
+        raise UserError(f"{path}: --annealed-t {annealed_t} is for a model with colour classes (AB_CLASSES); "
+                        f"this one predicts ab directly")
+    return {**ckpt, "cfg": {**ckpt["cfg"], "ANNEALED_T": annealed_t}}
+
+
+def export(weights, out, about=None, annealed_t=None):
     """Keep only the EMA generator and the constants, in float16: the file we ship. about: a note on
-    what the model was trained on (None keeps the one WEIGHTS has, if any). Returns its step.
+    what the model was trained on (None keeps the one WEIGHTS has, if any); annealed_t: the temperature
+    its colour classes are decoded at (None keeps WEIGHTS'). Returns its step.
     Refused before anything is read when out is weights itself (under any name) or not a regular file."""
     refuse_inputs_as_output(out, [weights], "--export file")
     check_writable_target(out, "model")
-    ckpt = load_checkpoint(weights)
+    ckpt = with_temperature(load_checkpoint(weights), annealed_t, weights)
     check_network_constants(ckpt["cfg"], weights)
     check_finite(ckpt["netG_ema"], weights, "generator")
     step = ckpt["step"]

@@ -89,7 +89,7 @@ CF_MODE = "ddcolor"                 # the colourfulness loss: ddcolor (more colo
 AB_CLASSES = False                  # a pretrained-ENCODER generator predicts colour as classes of ab (Zhang et al. 2016); --init may add them
 LAMBDA_CE = 1.0                     # with AB_CLASSES: weight of the cross-entropy on the colour classes
 CLASS_REBALANCE = 1.0               # with AB_CLASSES: rare colours weigh 1 / ((1 - this) p + this / Q); 1 = all alike (Zhang et al.: 0.5)
-ANNEALED_T = 0.38                   # with AB_CLASSES: temperature of the annealed mean; 1 = the mean colour, lower = the likeliest (Zhang: 0.38)
+ANNEALED_T = 0.38                   # with AB_CLASSES: temperature of the annealed mean, 1 = the mean colour, lower = the likeliest (Zhang: 0.38); --export sets a model's
 NGF = 32                            # generator width of the first layer, channels
 N_DOWNS = 6                         # generator depth: 64x down, so inputs are padded to multiples of 64
 ATTN_FACTORS = (8,)                 # self-attention after the decoder level at input/f, for each f (8: 32x32 of a 256 input)
@@ -293,7 +293,8 @@ def check_config(cfg):
         need(cfg["CF_MODE"] in losses.CF_MODES, "CF_MODE", ", ".join(losses.CF_MODES))
     unet = cfg["ENCODER"] == "unet"
     need(unet or cfg["NGF"] % 2 == 0, "NGF", "even with a pretrained ENCODER")
-    need(not (unet and cfg["AB_CLASSES"]), "AB_CLASSES", "false with the unet ENCODER (the classes are for a pretrained one)")
+    need(not (unet and cfg["AB_CLASSES"]) or cfg["INIT"], "AB_CLASSES",  # with INIT, the encoder is INIT's: start_state
+         "false with the unet ENCODER (the classes are for a pretrained one)")
     downs = cfg["N_DOWNS"] if unet else 5  # EfficientNet-Lite: stride 32
     m = 2 ** downs
     need(cfg["IMAGE_SIZE"] % m == 0, "IMAGE_SIZE", f"a positive multiple of 2**N_DOWNS = {m}" if unet
@@ -341,6 +342,8 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
         source = file_constants(ckpt or init, CONSTANTS)  # may add hints to an automatic model, never take them away
         cfg = {**cfg, **{k: source[k] for k in G_ARCH_KEYS}, **{k: cfg[k] or source[k] for k in HINT_KEYS}}
         check_config(cfg)
+        if cfg["AB_CLASSES"] and cfg["ENCODER"] == "unet":
+            raise UserError(f"{cfg['INIT']}: --ab-classes needs a model with a pretrained ENCODER; this one's is unet")
     state = build_state(cfg, device)
     if not ckpt:
         start_generator(state, cfg, init, log)
@@ -499,7 +502,7 @@ def main(argv=None):
             if not args.export.strip():
                 raise UserError(f"--export needs a file name (model.pt or model.onnx), got {args.export!r}")
             write = export_onnx if args.export.lower().endswith(".onnx") else export
-            step = write(cfg["WEIGHTS"], os.path.abspath(args.export), args.about)
+            step = write(cfg["WEIGHTS"], os.path.abspath(args.export), args.about, annealed_t=args.ANNEALED_T)
             print(f"wrote {display_name(os.path.abspath(args.export))} ({os.path.getsize(args.export) / 1e6:.1f} MB, step {step})")
             return 0
         colorizer = Colorizer.load(cfg["WEIGHTS"], cfg["DEVICE"], cfg["RENDER_SIZE"], cfg["MAX_PIXELS"], cfg["SATURATION"],

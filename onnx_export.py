@@ -21,16 +21,17 @@ import torch
 from torch.nn.utils import parametrize
 
 from backends import ONNX_FORMAT_VERSION, ONNX_INPUTS, ONNX_METADATA, ONNX_OUTPUT
-from checkpoint import check_finite, generator_from, load_checkpoint
+from checkpoint import check_finite, generator_from, load_checkpoint, with_temperature
 from files import (UserError, atomic_write, check_writable_target, describe_os_error, make_folders, refuse_inputs_as_output,
                    short_reason)
 
 OPSET = 18
 
 
-def export_onnx(weights, out, about=None, half=True):
+def export_onnx(weights, out, about=None, half=True, annealed_t=None):
     """Write the EMA generator of WEIGHTS to out as ONNX (float16 weights with half), checked with
-    onnx.checker and by running it once on onnxruntime against torch. Returns its step."""
+    onnx.checker and by running it once on onnxruntime against torch. Returns its step. annealed_t:
+    as for checkpoint.export (the graph holds the temperature)."""
     try:
         import onnx  # optional: only for writing ONNX (requirements-onnx.txt), as onnxscript, torch's exporter's
         import onnxscript  # noqa: F401
@@ -39,7 +40,7 @@ def export_onnx(weights, out, about=None, half=True):
                         f"(pip install -r requirements-onnx.txt)") from None
     refuse_inputs_as_output(out, [weights], "--export file")
     check_writable_target(out, "model")
-    ckpt = load_checkpoint(weights)
+    ckpt = with_temperature(load_checkpoint(weights), annealed_t, weights)
     check_finite(ckpt["netG_ema"], weights, "generator")
     netG, cfg = generator_from(ckpt, weights, torch.device("cpu"))
     model = onnx_graph(netG, weights)
