@@ -89,7 +89,7 @@ CF_MODE = "ddcolor"                 # the colourfulness loss: ddcolor (more colo
 AB_CLASSES = False                  # a pretrained-ENCODER generator predicts colour as classes of ab (Zhang et al. 2016); --init may add them
 LAMBDA_CE = 1.0                     # with AB_CLASSES: weight of the cross-entropy on the colour classes
 CLASS_REBALANCE = 1.0               # with AB_CLASSES: rare colours weigh 1 / ((1 - this) p + this / Q); 1 = all alike (Zhang et al.: 0.5)
-ANNEALED_T = 0.38                   # with AB_CLASSES: temperature of the annealed mean, 1 = the mean colour, lower = the likeliest (Zhang: 0.38); --export sets a model's
+ANNEALED_T = 0.38                   # with AB_CLASSES: annealed-mean temperature: 1 the mean colour, lower the likeliest (Zhang: 0.38)
 NGF = 32                            # generator width of the first layer, channels
 N_DOWNS = 6                         # generator depth: 64x down, so inputs are padded to multiples of 64
 ATTN_FACTORS = (8,)                 # self-attention after the decoder level at input/f, for each f (8: 32x32 of a 256 input)

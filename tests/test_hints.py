@@ -118,7 +118,7 @@ def test_init_adds_zero_hint_inputs_to_an_automatic_model_and_training_uses_them
     assert state.optG.param_groups[1]["lr"] == cfg["LR_G"] * cfg["HINT_LR_MULT"]  # the new branch learns faster
     p = run_cli(*train_args(data, tmp_path / "run", 3, "--init", auto, "--hint-input", "true", "--hint-share", "1"))
     assert p.returncode == 0, p.stderr
-    assert "with new zero-weight hint inputs" in p.stdout
+    assert "with new branches starting at zero: hint_in" in p.stdout
     tuned = load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))
     assert tuned["cfg"]["HINT_INPUT"] is True
     assert tuned["netG"]["hint_in.weight"].abs().sum() > 0  # the hint branch learned something

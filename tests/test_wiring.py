@@ -196,7 +196,7 @@ def test_checkpoint_without_later_constants_resumes_and_serves_as_init_and_for_i
     assert load_checkpoint(str(tmp_path / "tuned" / "checkpoint.pt"))["step"] == 1
     # --init from it, adding hint inputs to the (automatic) old model
     assert cb.main([*args, "--run-dir", str(tmp_path / "hinted"), "--hint-input", "true"]) == 0, capsys.readouterr().err
-    assert "with new zero-weight hint inputs" in capsys.readouterr().out
+    assert "with new branches starting at zero: hint_in" in capsys.readouterr().out
     assert cb.main(["--infer", data, "--weights", old, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert len(os.listdir(tmp_path / "out")) == 8
 
