@@ -89,6 +89,7 @@ CF_MODE = "ddcolor"                 # the colourfulness loss: ddcolor (more colo
 AB_CLASSES = False                  # a pretrained-ENCODER generator predicts colour as classes of ab (Zhang et al. 2016); --init may add them
 LAMBDA_CE = 1.0                     # with AB_CLASSES: weight of the cross-entropy on the colour classes
 CLASS_REBALANCE = 1.0               # with AB_CLASSES: rare colours weigh 1 / ((1 - this) p + this / Q); 1 = all alike (Zhang et al.: 0.5)
+CLASS_LR_MULT = 10.0                # with AB_CLASSES: the colour classes' own layers learn this many times faster than LR_G (they start at zero)
 ANNEALED_T = 0.38                   # with AB_CLASSES: annealed-mean temperature: 1 the mean colour, lower the likeliest (Zhang: 0.38)
 NGF = 32                            # generator width of the first layer, channels
 N_DOWNS = 6                         # generator depth: 64x down, so inputs are padded to multiples of 64
@@ -269,6 +270,7 @@ def check_config(cfg):
     need(0 < cfg["HINT_GEOM_P"] <= 1, "HINT_GEOM_P", "in (0, 1]")
     need(cfg["HINT_PATCH"] > 0, "HINT_PATCH", "positive")
     need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
+    need(cfg["CLASS_LR_MULT"] > 0, "CLASS_LR_MULT", "positive")
     for name in ("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "LAMBDA_CE",
                  "ENCODER_LR_MULT"):
         need(cfg[name] >= 0, name, "0 or more")
@@ -284,7 +286,7 @@ def check_config(cfg):
                           "D_WARMUP_STEPS"), 10 ** 12),
                         (("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF",
                           "LAMBDA_CE"), 1e6),
-                        (("ENCODER_LR_MULT", "HINT_LR_MULT"), 1e3)):
+                        (("ENCODER_LR_MULT", "HINT_LR_MULT", "CLASS_LR_MULT"), 1e3)):
         for name in names:
             need(cfg[name] <= most, name, f"at most {most if isinstance(most, int) else f'{most:g}'}")
     if torch is not None:  # the lists live with the networks and losses (torch-free --infer has neither)
@@ -312,17 +314,20 @@ def check_config(cfg):
 # Training: the optimizer recipe, where a run starts from, and the loop
 
 def build_state(cfg, device):
-    """Fresh networks, the EMA generator, TTUR Adam optimizers (the new hint branch faster, a
-    pretrained encoder slower than the rest of G) and the gradient scaler (float16 only)."""
+    """Fresh networks, the EMA generator, TTUR Adam optimizers (the new hint branch and colour classes
+    faster, a pretrained encoder slower than the rest of G) and the gradient scaler (float16 only)."""
     netG = build_generator(cfg).to(device, memory_format=memory_format(cfg))
     netD = build_discriminator(cfg).to(device, memory_format=memory_format(cfg))
     netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
     hint = models.hint_parameters(netG)
     encoder = list(netG.encoder.parameters()) if hasattr(netG, "encoder") else []
-    special = {id(p) for p in hint + encoder}
+    classes = list(netG.classes.parameters()) if getattr(netG, "classes", None) is not None else []
+    special = {id(p) for p in hint + encoder + classes}
     groups = [{"params": [p for p in netG.parameters() if id(p) not in special]}]
     if hint:
         groups.append({"params": hint, "lr": cfg["LR_G"] * cfg["HINT_LR_MULT"]})
+    if classes:
+        groups.append({"params": classes, "lr": cfg["LR_G"] * cfg["CLASS_LR_MULT"]})
     if encoder:
         groups.append({"params": encoder, "lr": cfg["LR_G"] * cfg["ENCODER_LR_MULT"]})
     betas = (cfg["BETA1"], cfg["BETA2"])

@@ -108,6 +108,8 @@ def test_train_with_classes_from_a_regression_model_resume_infer_and_export(tmp_
     assert cb.main(train_args(data, run, 3, *args)) == 0 and saved_step(run) == 3
     ckpt = load_checkpoint(str(run / "checkpoint.pt"))
     assert ckpt["cfg"]["AB_CLASSES"] is True and "classes.gain" in ckpt["netG_ema"]
+    lr = cb.CONSTANTS["LR_G"] * cb.CONSTANTS["CLASS_LR_MULT"]
+    assert [g["lr"] for g in ckpt["optG"]["param_groups"]].count(pytest.approx(lr)) == 1  # the new head learns faster
     netG, cfg = load_generator(str(run / "checkpoint.pt"), torch.device("cpu"))
     assert netG.classes is not None and netG.classes.temperature == cfg["ANNEALED_T"]
     # a fine-tune of it cannot take the classes away
