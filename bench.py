@@ -153,12 +153,13 @@ def training_stepper(cfg, device, batches, seed=0):
     state = cb.build_state(cfg, device)
     nets = wrap_for_processes(state, cfg, 1, device)
     amp, vgg, perc = autocast_for(device, cfg), build_vgg(cfg, device), build_perceptual(cfg, device)
+    classes = training.build_class_loss(cfg, state.netG, device)
 
     def one_step():
         t0 = time.perf_counter()
         batch = next(batches)
         wait = time.perf_counter() - t0
-        _, losses = training.step(state, batch, cfg, amp, nets, vgg, perc)
+        _, losses = training.step(state, batch, cfg, amp, nets, vgg, perc, classes=classes)
         sync(device)
         return wait, losses
     return one_step
