@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from files import (ABSENT_MEANS, UserError, atomic_write, check_model_file, check_writable_target, describe_os_error, display_name,
                    refuse_inputs_as_output, short_reason)
-from models import build_generator, with_hint_input
+from models import build_generator, with_new_branches
 
 FORMAT_VERSION = 1
 
@@ -205,7 +205,7 @@ class TrainState:
         """Start G and its EMA from the weights of a trained generator (fine-tuning). An automatic
         generator's weights fit a hint-taking one: its hint inputs start at zero."""
         try:
-            weights = with_hint_input(weights, self.netG)
+            weights = with_new_branches(weights, self.netG)
             for net in (self.netG, self.netG_ema):
                 net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
         except (RuntimeError, KeyError, TypeError, ValueError) as e:

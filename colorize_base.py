@@ -131,8 +131,8 @@ DEVICE = "auto"                     # auto (CUDA when available), cpu, cuda or c
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, (bool, int, float, str, tuple))}
 HERE = os.path.dirname(os.path.abspath(__file__))
 G_ARCH_KEYS = ("ENCODER", "NGF", "N_DOWNS", "ATTN_FACTORS", "SPECTRAL_NORM", "DROPOUT")  # what --init carries over
-HINT_KEYS = ("HINT_INPUT", "HINT_DECODER", "AB_CLASSES")  # --init may add hint inputs and colour classes, never take them away
-ARCH_KEYS = G_ARCH_KEYS + HINT_KEYS + ("NDF", "N_LAYERS_D", "NUM_D")
+ADDABLE_KEYS = ("HINT_INPUT", "HINT_DECODER", "AB_CLASSES")  # --init may add hint inputs and colour classes, never take them away
+ARCH_KEYS = G_ARCH_KEYS + ADDABLE_KEYS + ("NDF", "N_LAYERS_D", "NUM_D")
 PATH_KEYS = ("DATA_DIR", "VAL_DIR", "RUN_DIR", "WEIGHTS", "INIT", "OUT_DIR", "VGG_WEIGHTS", "EVAL_DIR")
 ALIASES = {"DATA_DIR": ["--data"], "IMAGE_SIZE": ["--size"], "MAX_STEPS": ["--steps"], "OUT_DIR": ["--out"]}
 
@@ -345,7 +345,7 @@ def start_state(cfg, ckpt_path, fresh, rank, device, log):
     init = load_checkpoint(cfg["INIT"]) if cfg["INIT"] and ckpt is None else None
     if cfg["INIT"]:  # fine-tuning: the generator is INIT's, also when the run later resumes; HINT_INPUT
         source = file_constants(ckpt or init, CONSTANTS)  # may add hints to an automatic model, never take them away
-        cfg = {**cfg, **{k: source[k] for k in G_ARCH_KEYS}, **{k: cfg[k] or source[k] for k in HINT_KEYS}}
+        cfg = {**cfg, **{k: source[k] for k in G_ARCH_KEYS}, **{k: cfg[k] or source[k] for k in ADDABLE_KEYS}}
         check_config(cfg)
         if cfg["AB_CLASSES"] and cfg["ENCODER"] == "unet":
             raise UserError(f"{cfg['INIT']}: --ab-classes needs a model with a pretrained ENCODER; this one's is unet")

