@@ -156,3 +156,24 @@ def test_classes_need_a_pretrained_encoder_and_sane_settings(tmp_path):
     with pytest.raises(UserError, match="needs a model with a pretrained ENCODER"):
         cb.train(cb.make_config(cb.build_parser().parse_args(
             train_args(data, tmp_path / "run", 1, "--init", str(unet / "checkpoint.pt"), "--ab-classes", "true"))))
+
+
+def test_the_neutral_readout_undoes_the_rebalancing_before_it_decides_white():
+    """tools/neutral_readout.py: a pixel 60% white, 40% blue under the loss's weights reads neutral with
+    the unweighted chance of white, so the more the weights favoured blue, the less blue it paints."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("neutral_readout", os.path.join(REPO, "tools", "neutral_readout.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    classes = ABClassifier(4)
+    white, blue = bin_of(classes.bins, 0, 0), bin_of(classes.bins, 0, -40)
+    p = torch.full((1, len(classes.bins), 1, 1), 1e-9)
+    p[0, white], p[0, blue] = 0.6, 0.4
+    chroma = {}
+    for tilt in (1.0, 4.0):  # the weight of blue against every other colour's
+        w = torch.ones(len(classes.bins))
+        w[blue] = tilt
+        ab = tool.neutral_decode(classes, w)(p.log()) * AB_SCALE
+        chroma[tilt] = float(ab.norm(dim=1))
+    assert chroma[1.0] == pytest.approx(0.4 * 40, rel=0.02)  # P(white) 0.6: the blue at 0.4 strength
+    assert chroma[4.0] == pytest.approx(40 * 0.1 / 0.7, rel=0.02)  # unweighted 0.6 : 0.1, blue at 1/7
