@@ -39,6 +39,7 @@ def main():
     p.add_argument("--side", type=int, default=160, help="shorter side at most, px")
     p.add_argument("--quality", type=int, default=75, help="WebP quality")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cap-scale", type=float, default=1.0, help="multiply every source's cap by this (a smaller pack)")
     args = p.parse_args()
 
     rng, jobs = random.Random(args.seed), []
@@ -46,7 +47,8 @@ def main():
     for source in sorted(os.listdir(train)):
         files = find_images([os.path.join(train, source)])
         rng.shuffle(files)
-        jobs += [(f, os.path.join(args.out, "photos", source)) for f in files[:CAPS.get(source, len(files))]]
+        cap = round(CAPS.get(source, len(files)) * args.cap_scale)
+        jobs += [(f, os.path.join(args.out, "photos", source)) for f in files[:cap]]
     for split in ("train", "val"):
         jobs += [(f, os.path.join(args.out, f"bsds_{split}")) for f in find_images([os.path.join(args.bsds, split)])]
     val = find_images([os.path.join(args.photos, "val")])
