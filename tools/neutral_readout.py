@@ -47,18 +47,18 @@ def training_prior(bins, folders, n_images, size=128, balance=1.0, seed=0):
 
 def neutral_decode(classes, w):
     """A decode for classes (an ABClassifier) that reads neutral with the model's unweighted chance of it."""
-    neutral = ((classes.bins * models.AB_SCALE).norm(dim=1) <= NEUTRAL_CHROMA).float()[None, :, None, None]
+    neutral = ((classes.bins * models.AB_SCALE).norm(dim=1) <= NEUTRAL_CHROMA)[None, :, None, None]
 
-    def annealed_mean(p, cells, T):  # the annealed mean of p restricted to cells
-        q = torch.softmax(torch.where(cells > 0, p.clamp_min(1e-30).log() / T, -torch.inf), dim=1)
+    def annealed_mean(logits, cells, T):  # ABClassifier.decode over cells alone
+        q = torch.softmax(torch.where(cells, logits / T, -torch.inf), dim=1)
         return F.conv2d(q, classes.bins.T[:, :, None, None])
 
     def decode(self, logits):
-        p = torch.softmax(logits.float(), dim=1)
-        u = p / w[None, :, None, None]
+        logits = logits.float()
+        u = torch.softmax(logits, dim=1) / w[None, :, None, None]
         p_n = (u * neutral).sum(1, keepdim=True) / u.sum(1, keepdim=True)
-        return p_n * annealed_mean(p, neutral, self.temperature) + \
-            (1 - p_n) * annealed_mean(p, 1 - neutral, self.temperature)
+        return p_n * annealed_mean(logits, neutral, self.temperature) + \
+            (1 - p_n) * annealed_mean(logits, ~neutral, self.temperature)
     return types.MethodType(decode, classes)
 
 
