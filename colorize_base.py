@@ -89,6 +89,7 @@ CF_MODE = "ddcolor"                 # the colourfulness loss: ddcolor (more colo
 AB_CLASSES = False                  # a pretrained-ENCODER generator predicts colour as classes of ab (Zhang et al. 2016); --init may add them
 LAMBDA_CE = 1.0                     # with AB_CLASSES: weight of the cross-entropy on the colour classes
 CLASS_REBALANCE = 1.0               # with AB_CLASSES: rare colours weigh 1 / ((1 - this) p + this / Q); 1 = all alike (Zhang et al.: 0.5)
+CLASS_NEUTRAL_WEIGHT = 0.0          # with AB_CLASSES: where the truth is white or light gray, a pixel weighs at least 1 + this (the average: 1)
 CLASS_LR_MULT = 10.0                # with AB_CLASSES: the colour classes' own layers learn this many times faster than LR_G (they start at zero)
 ANNEALED_T = 0.38                   # with AB_CLASSES: annealed-mean temperature: 1 the mean colour, lower the likeliest (Zhang: 0.38)
 NGF = 32                            # generator width of the first layer, channels
@@ -272,7 +273,7 @@ def check_config(cfg):
     need(cfg["HINT_LR_MULT"] > 0, "HINT_LR_MULT", "positive")
     need(cfg["CLASS_LR_MULT"] > 0, "CLASS_LR_MULT", "positive")
     for name in ("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF", "LAMBDA_CE",
-                 "ENCODER_LR_MULT"):
+                 "CLASS_NEUTRAL_WEIGHT", "ENCODER_LR_MULT"):
         need(cfg[name] >= 0, name, "0 or more")
     need(0 < cfg["CLASS_REBALANCE"] <= 1, "CLASS_REBALANCE", "in (0, 1]")
     need(0.01 <= cfg["ANNEALED_T"] <= 10, "ANNEALED_T", "in [0.01, 10]")
@@ -285,7 +286,7 @@ def check_config(cfg):
                         (("MAX_STEPS", "SAVE_EVERY", "SAMPLE_EVERY", "LOG_EVERY", "FREEZE_STEPS", "NOGAN_STEPS",
                           "D_WARMUP_STEPS"), 10 ** 12),
                         (("LAMBDA_L1", "L1_NEUTRAL_WEIGHT", "LAMBDA_FM", "LAMBDA_VGG", "LAMBDA_PERC", "LAMBDA_CF",
-                          "LAMBDA_CE"), 1e6),
+                          "LAMBDA_CE", "CLASS_NEUTRAL_WEIGHT"), 1e6),
                         (("ENCODER_LR_MULT", "HINT_LR_MULT", "CLASS_LR_MULT"), 1e3)):
         for name in names:
             need(cfg[name] <= most, name, f"at most {most if isinstance(most, int) else f'{most:g}'}")

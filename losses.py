@@ -173,18 +173,23 @@ class ClassLoss(nn.Module):
     by the rarity of its colour, w proportional to 1 / ((1 - rebalance) p + rebalance / Q), normalised
     so the expected weight is 1. p is the training colours' distribution over the bins, smoothed
     (Gaussian, sigma 5), a running mean over the batches seen (it starts uniform, which weighs all
-    alike). rebalance 1: no rebalancing; Zhang et al.: 0.5, vivid but rare colours on white things."""
+    alike). rebalance 1: no rebalancing; Zhang et al.: 0.5, vivid but rare colours on white things.
+
+    neutral_weight > 0 (needs real_A, the L): a pixel the truth has white or light gray (what
+    l1_loss's neutral_weight picks, pooled as the classes are) weighs at least 1 + neutral_weight,
+    where rebalancing alone gives gray about a sixth of the average pixel's 1: a rare colour guessed
+    on a white thing then costs what it costs without rebalancing, or more."""
 
     SIGMA = 5.0 / AB_SCALE
 
-    def __init__(self, bins, rebalance=1.0, momentum=0.99):
+    def __init__(self, bins, rebalance=1.0, momentum=0.99, neutral_weight=0.0):
         super().__init__()
         q = len(bins)
         d2 = torch.cdist(bins.double(), bins.double()) ** 2
         self.register_buffer("bins", bins.float())
         self.register_buffer("smooth", torch.softmax(-d2 / (2 * self.SIGMA ** 2), dim=1).float())  # rows sum to 1
         self.register_buffer("prior", torch.full((q,), 1.0 / q))
-        self.rebalance, self.momentum = rebalance, momentum
+        self.rebalance, self.momentum, self.neutral_weight = rebalance, momentum, neutral_weight
 
     def weights(self):
         """The weight of each class, (Q,)."""
@@ -192,8 +197,8 @@ class ClassLoss(nn.Module):
         w = 1 / ((1 - self.rebalance) * p + self.rebalance / len(p))
         return w / (p * w).sum()
 
-    def forward(self, logits, real_B):
-        """logits (B, Q, h, w); real_B the true ab (B, 2, H, W), pooled to h x w."""
+    def forward(self, logits, real_B, real_A=None):
+        """logits (B, Q, h, w); real_B the true ab (B, 2, H, W) and real_A its L (B, 1, H, W), pooled to h x w."""
         with torch.no_grad():
             ab = F.adaptive_avg_pool2d(real_B.float(), logits.shape[-2:])
             dist, idx = bin_distances(ab, self.bins).topk(5, dim=1, largest=False)  # (B, 5, h, w)
@@ -202,6 +207,10 @@ class ClassLoss(nn.Module):
                 seen = torch.bincount(idx[:, 0].flatten(), minlength=len(self.bins)).float()
                 self.prior.lerp_(seen / seen.sum(), 1 - self.momentum)
             w = self.weights()[idx[:, 0]]                               # (B, h, w)
+            if self.neutral_weight > 0:
+                light = F.adaptive_avg_pool2d(real_A.float(), logits.shape[-2:])[:, 0] >= 0  # L* >= 50
+                neutral = light & (torch.hypot(ab[:, 0], ab[:, 1]) * AB_SCALE < NEUTRAL_CHROMA)
+                w = torch.where(neutral, w.clamp(min=1 + self.neutral_weight), w)
         logits = logits.float()
         ce = torch.logsumexp(logits, dim=1) - (soft * logits.gather(1, idx)).sum(1)
         return (w * ce).mean()

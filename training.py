@@ -106,7 +106,7 @@ def train_step(state, real_A, real_B, cfg, amp=nullcontext(), vgg=None, nets=Non
             loss_G_FM = feature_matching_loss(pred_fake, pred_real) * cfg["LAMBDA_FM"]
         loss_G_L1 = l1_loss(fake_B.float(), real_B, real_A, cfg["L1_NEUTRAL_WEIGHT"]) * cfg["LAMBDA_L1"]
         loss_G_VGG, loss_G_perc, loss_G_CF = image_losses(real_A, fake_B, real_B, cfg, vgg, perc)
-        loss_G_CE = zero if classes is None else classes(logits, real_B) * cfg["LAMBDA_CE"]
+        loss_G_CE = zero if classes is None else classes(logits, real_B, real_A) * cfg["LAMBDA_CE"]
         loss_G = loss_G_GAN + loss_G_FM + loss_G_L1 + loss_G_VGG + loss_G_perc + loss_G_CF + loss_G_CE
     optG.zero_grad(set_to_none=True)
     if ok:
@@ -177,7 +177,7 @@ def build_class_loss(cfg, netG, device):
     """The loss on the colour classes for an AB_CLASSES generator (its bins), else None."""
     if getattr(netG, "classes", None) is None:
         return None
-    return ClassLoss(netG.classes.bins, cfg["CLASS_REBALANCE"]).to(device)
+    return ClassLoss(netG.classes.bins, cfg["CLASS_REBALANCE"], neutral_weight=cfg["CLASS_NEUTRAL_WEIGHT"]).to(device)
 
 
 # -----------------------------------------------------------------------------

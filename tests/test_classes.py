@@ -75,6 +75,30 @@ def test_the_class_loss_is_least_at_the_truth_and_rebalancing_weighs_rare_colour
     assert torch.equal(loss.prior, before)  # only training moves the prior
 
 
+def test_white_things_keep_their_weight_under_rebalancing():
+    bins = ab_bins()
+    truth = torch.zeros(1, 2, 8, 8)
+    truth[:, 1, :, :2] = -40 / AB_SCALE                      # a blue strip on a white ...
+    light = torch.full((1, 1, 8, 8), 0.6)                    # (L* 80)
+    light[..., 6:, :] = -0.6                                 # ... and a dark gray band (L* 20)
+    wrong = torch.zeros(1, len(bins), 8, 8)
+    wrong[:, bin_of(bins, 0, -40)] = 10                      # blue everywhere
+    plain, held = ClassLoss(bins, rebalance=0.5), ClassLoss(bins, rebalance=0.5, neutral_weight=2)
+    for _ in range(300):                                     # gray far more common than blue
+        plain(wrong, truth, light), held(wrong, truth, light)
+    plain.eval(), held.eval()
+    w = held.weights()
+    assert w[bin_of(bins, 0, 0)] < 0.5 * w[bin_of(bins, 0, -40)] and w[bin_of(bins, 0, 0)] < 1
+    blue, dark = torch.zeros_like(truth), truth.clone()
+    blue[:, 1] = -40 / AB_SCALE
+    dark[..., :6, 2:] = -40 / AB_SCALE                       # only the dark band is gray
+    white_cost = held(wrong, truth, light) - plain(wrong, truth, light)
+    per_pixel = plain(wrong, torch.zeros_like(truth), light) / w[bin_of(bins, 0, 0)]  # one gray pixel's CE
+    assert white_cost == pytest.approx((3 - w[bin_of(bins, 0, 0)]) * per_pixel * 36 / 64, rel=1e-3)
+    assert held(wrong, blue, light) == plain(wrong, blue, light)    # coloured truth: rebalanced as before
+    assert held(wrong, dark, light) == plain(wrong, dark, light)    # dark gray is not white
+
+
 def test_a_regression_model_starts_the_classes_at_its_answer_and_they_learn():
     torch.manual_seed(0)
     reg = PretrainedUnetGenerator("efficientnet_lite0", ngf=8, attn_factors=(4,)).eval()
