@@ -73,9 +73,13 @@ def l1_loss(fake_B, real_B, real_A=None, neutral_weight=0.0):
     err = (fake_B - real_B).abs()
     if neutral_weight <= 0:
         return err.mean()
-    light = real_A >= 0                                                                      # L* = 50 (L + 1) >= 50
-    neutral = (light & (torch.hypot(real_B[:, :1], real_B[:, 1:]) * AB_SCALE < NEUTRAL_CHROMA)).to(err.dtype)
-    return (err * (1 + neutral_weight * neutral)).mean()
+    return (err * (1 + neutral_weight * light_neutral(real_A, real_B).to(err.dtype))).mean()
+
+
+def light_neutral(real_A, real_B):
+    """Where the truth is white or light gray, (B, 1, H, W) bool: Lab L* at least 50 (L + 1 >= 1) and
+    chroma under metrics.NEUTRAL_CHROMA, the pixels metrics.false_colour_lab counts."""
+    return (real_A >= 0) & (torch.hypot(real_B[:, :1], real_B[:, 1:]) * AB_SCALE < NEUTRAL_CHROMA)
 
 
 class VGGLoss(nn.Module):
@@ -208,8 +212,7 @@ class ClassLoss(nn.Module):
                 self.prior.lerp_(seen / seen.sum(), 1 - self.momentum)
             w = self.weights()[idx[:, 0]]                               # (B, h, w)
             if self.neutral_weight > 0:
-                light = F.adaptive_avg_pool2d(real_A.float(), logits.shape[-2:])[:, 0] >= 0  # L* >= 50
-                neutral = light & (torch.hypot(ab[:, 0], ab[:, 1]) * AB_SCALE < NEUTRAL_CHROMA)
+                neutral = light_neutral(F.adaptive_avg_pool2d(real_A.float(), logits.shape[-2:]), ab)[:, 0]
                 w = torch.where(neutral, w.clamp(min=1 + self.neutral_weight), w)
         logits = logits.float()
         ce = torch.logsumexp(logits, dim=1) - (soft * logits.gather(1, idx)).sum(1)
